@@ -1,0 +1,200 @@
+"""The ``compose-retrieval`` command line: a thin layer over the public API."""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import json
+import time
+from pathlib import Path
+from typing import Any, Iterator, List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from . import registry
+from .errors import ComposeRetrievalError, UnknownNameError
+
+app = typer.Typer(
+    help="Composed image retrieval: train, evaluate and list TIRG and its baselines.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+KIND_ARGUMENTS = {
+    "combiners": "combiner",
+    "image-encoders": "image_encoder",
+    "text-encoders": "text_encoder",
+    "losses": "loss",
+    "datasets": "dataset",
+}
+
+
+@contextlib.contextmanager
+def errors_as_exit() -> Iterator[None]:
+    """Library errors become one red line on stderr and exit code 1, never a traceback."""
+    try:
+        yield
+    except ComposeRetrievalError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    except FileNotFoundError as exc:
+        err_console.print(f"[bold red]error:[/] file not found: {exc.filename or exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+
+
+def parse_options(pairs: list[str] | None, what: str) -> dict[str, Any]:
+    """KEY=VALUE pairs -> dict; values are read as JSON when they parse ("64", "true", "[1,2]"), else as strings."""
+    options: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ComposeRetrievalError(f"{what} option {pair!r} is not KEY=VALUE (for example hash_size=64)")
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
+    return options
+
+
+def print_metrics(metrics: dict[str, Any], title: str) -> None:
+    table = Table(title=title)
+    keys = [k for k in metrics if "recall@" in k]
+    for k in keys:
+        table.add_column(k, justify="right")
+    table.add_row(*(f"{metrics[k]:.4f}" for k in keys))
+    console.print(table)
+    console.print(f"protocol: {metrics.get('protocol')}  queries: {metrics.get('queries')}  gallery: {metrics.get('gallery')}")
+
+
+@app.command()
+def train(
+    combiner: str = typer.Option("tirg", help="How image and text are composed (see `list combiners`)."),
+    dataset: str = typer.Option("css-synthetic", help="Training and test data (see `list datasets`)."),
+    data_root: Optional[str] = typer.Option(None, help="Where the dataset's files are (not for css-synthetic)."),
+    protocol: Optional[str] = typer.Option(None, help="Test protocol of the dataset (default: its first)."),
+    image_encoder: str = typer.Option("timm", help="Image encoder plugin."),
+    backbone: str = typer.Option("resnet18", help="timm model name for the timm image encoder."),
+    pretrained: bool = typer.Option(False, help="Start from ImageNet weights (needs them cached or a network)."),
+    text_encoder: str = typer.Option("lstm", help="Text encoder plugin."),
+    loss: Optional[str] = typer.Option(None, help="Loss (default: the dataset's, as in the paper)."),
+    embed_dim: int = typer.Option(512, help="Embedding size."),
+    recipe: str = typer.Option("cpu", help="Training recipe: 'cpu' (minutes on a laptop) or 'paper' (google/tirg)."),
+    steps: Optional[int] = typer.Option(None, help="Training steps (overrides the recipe)."),
+    batch_size: Optional[int] = typer.Option(None, help="Batch size (overrides the recipe)."),
+    lr: Optional[float] = typer.Option(None, help="Learning rate (overrides the recipe)."),
+    optimizer: Optional[str] = typer.Option(None, help="sgd or adamw (overrides the recipe)."),
+    seed: int = typer.Option(0, help="Random seed of the model and the batches."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1, ..."),
+    workers: int = typer.Option(0, help="DataLoader worker processes."),
+    run_dir: Optional[Path] = typer.Option(None, help="Where the config, metrics and checkpoint go (default runs/NAME-TIME)."),
+    combiner_opt: Optional[List[str]] = typer.Option(None, help="Combiner option KEY=VALUE (repeatable)."),
+    image_encoder_opt: Optional[List[str]] = typer.Option(None, help="Image encoder option KEY=VALUE (repeatable)."),
+    text_encoder_opt: Optional[List[str]] = typer.Option(None, help="Text encoder option KEY=VALUE (repeatable)."),
+    loss_opt: Optional[List[str]] = typer.Option(None, help="Loss option KEY=VALUE (repeatable)."),
+    dataset_opt: Optional[List[str]] = typer.Option(None, help="Dataset option KEY=VALUE (repeatable)."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+) -> None:
+    """Train a model and evaluate recall@K on the dataset's test protocol."""
+    from .model import ComponentSpec, ModelSpec
+    from .training import TrainConfig, train as run_training
+
+    with errors_as_exit():
+        image_options = {"model_name": backbone, "pretrained": pretrained} if image_encoder == "timm" else {}
+        spec = ModelSpec(
+            combiner=ComponentSpec(combiner, parse_options(combiner_opt, "combiner")),
+            image_encoder=ComponentSpec(image_encoder, {**image_options, **parse_options(image_encoder_opt, "image encoder")}),
+            text_encoder=ComponentSpec(text_encoder, parse_options(text_encoder_opt, "text encoder")),
+            embed_dim=embed_dim,
+        )
+        if run_dir is None:
+            run_dir = Path("runs") / f"{combiner}-{dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+        config = TrainConfig.from_recipe(
+            recipe,
+            model=spec,
+            dataset=dataset,
+            dataset_options=parse_options(dataset_opt, "dataset"),
+            data_root=data_root,
+            protocol=protocol,
+            loss=loss,
+            loss_options=parse_options(loss_opt, "loss"),
+            steps=steps,
+            batch_size=batch_size,
+            lr=lr,
+            optimizer=optimizer,
+            seed=seed,
+            device=device,
+            num_workers=workers,
+            run_dir=str(run_dir),
+        )
+        config.validate()
+        console.print(f"training [bold]{combiner}[/] on [bold]{dataset}[/] for {config.steps} steps ({recipe} recipe) -> {run_dir}")
+        result = run_training(config, progress=progress)
+    print_metrics(result.metrics, f"{combiner} on {dataset}")
+    console.print(f"run directory: {result.run_dir}")
+
+
+@app.command()
+def evaluate(
+    path: Path = typer.Argument(..., help="A run directory or a checkpoint (.safetensors) file."),
+    data_root: Optional[str] = typer.Option(None, help="Override the dataset location recorded in the checkpoint."),
+    protocol: Optional[str] = typer.Option(None, help="Test protocol (default: the one the model was evaluated on)."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda, ..."),
+    batch_size: int = typer.Option(256, help="Images per forward pass."),
+    json_output: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
+) -> None:
+    """Evaluate a saved model on the test protocol of the dataset it was trained on."""
+    from .evaluation import evaluate_checkpoint
+
+    with errors_as_exit():
+        metrics = evaluate_checkpoint(path, data_root=data_root, protocol=protocol, device=device, batch_size=batch_size)
+    if json_output:
+        typer.echo(json.dumps(metrics))
+    else:
+        print_metrics(metrics, str(path))
+
+
+@app.command("list")
+def list_(
+    kind: Optional[str] = typer.Argument(None, help=f"One of: {', '.join(KIND_ARGUMENTS)} (default: all)."),
+    pattern: str = typer.Option("*", help="Wildcard filter on names."),
+) -> None:
+    """List the installed combiners, encoders, losses and datasets."""
+    with errors_as_exit():
+        if kind is not None and kind not in KIND_ARGUMENTS:
+            raise UnknownNameError("kind", kind, difflib.get_close_matches(kind, KIND_ARGUMENTS), list(KIND_ARGUMENTS))
+        for arg, registry_kind in KIND_ARGUMENTS.items():
+            if kind is not None and arg != kind:
+                continue
+            table = Table(title=arg, title_justify="left")
+            table.add_column("name", style="bold")
+            table.add_column("description")
+            table.add_column("plugin", style="dim")
+            for name, description, plugin in registry.describe(registry_kind, pattern):
+                table.add_row(name, description, plugin)
+            console.print(table)
+
+
+_plugin_commands_added = False
+
+
+def add_plugin_commands() -> None:
+    """Let plugins add commands through their register_commands hook (once)."""
+    global _plugin_commands_added
+    if not _plugin_commands_added:
+        _plugin_commands_added = True
+        registry.get_plugin_manager().hook.register_commands(app=app)
+
+
+def main() -> None:
+    """Entry point of the ``compose-retrieval`` console script."""
+    try:
+        add_plugin_commands()
+    except ComposeRetrievalError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise SystemExit(1) from None
+    app()

@@ -1,0 +1,32 @@
+"""The library's error types. The CLI prints any of them as one line and exits non-zero."""
+
+from __future__ import annotations
+
+
+class ComposeRetrievalError(Exception):
+    """Base of every error the library raises on purpose (bad input, missing files)."""
+
+
+class UnknownNameError(ComposeRetrievalError, KeyError):
+    """A name that no registered component has."""
+
+    def __init__(self, kind: str, name: str, suggestions: list[str], available: list[str]):
+        self.kind, self.name, self.suggestions, self.available = kind, name, suggestions, available
+        hint = f" Did you mean {' or '.join(repr(s) for s in suggestions)}?" if suggestions else ""
+        listing = ", ".join(available) if available else "none installed"
+        super().__init__(f"unknown {kind} {name!r}.{hint} Available {kind}s: {listing}.")
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return self.args[0]
+
+
+class DuplicateNameError(ComposeRetrievalError):
+    """Two plugins registered one name for one kind."""
+
+
+class CheckpointError(ComposeRetrievalError):
+    """A checkpoint that cannot be read, or does not match the model it describes."""
+
+
+class DatasetError(ComposeRetrievalError):
+    """A dataset that cannot be read or used."""

@@ -1,0 +1,126 @@
+"""Evaluation: embed the gallery once, compose the queries in batches, rank in chunks, score by the protocol."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from . import registry
+from .checkpoint import load_checkpoint
+from .errors import CheckpointError
+from .interfaces import RetrievalProtocol
+from .model import ComposedRetrievalModel
+
+
+def _batches(dataset, indices: Tensor, batch_size: int):
+    for start in range(0, len(indices), batch_size):
+        chunk = indices[start : start + batch_size].tolist()
+        yield start, torch.stack([dataset[i] for i in chunk])
+
+
+def _to_device(images: Tensor, device: torch.device) -> Tensor:
+    return images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+
+
+@torch.no_grad()
+def embed_gallery(model: ComposedRetrievalModel, gallery, batch_size: int = 256, device: torch.device | str = "cpu") -> Tensor:
+    """(N, D) unit-length embeddings of every gallery image."""
+    device = torch.device(device)
+    out = []
+    for _, images in _batches(gallery, torch.arange(len(gallery)), batch_size):
+        out.append(F.normalize(model.embed_images(_to_device(images, device)).float(), dim=-1))
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def compose_queries(
+    model: ComposedRetrievalModel, protocol: RetrievalProtocol, batch_size: int = 256, device: torch.device | str = "cpu"
+) -> Tensor:
+    """(Q, D) unit-length composed queries."""
+    device = torch.device(device)
+    out = []
+    for start, images in _batches(protocol.query_images, protocol.query_sources, batch_size):
+        texts = protocol.query_texts[start : start + len(images)]
+        out.append(F.normalize(model.compose(_to_device(images, device), texts).float(), dim=-1))
+    return torch.cat(out)
+
+
+def top_k(queries: Tensor, gallery: Tensor, k: int, exclude: Tensor | None = None, chunk: int = 1024) -> Tensor:
+    """(Q, k) gallery indices ranked by cosine similarity, ``chunk`` queries at a time.
+
+    ``exclude[i]`` (>= 0) is a gallery index never returned for query i. Memory stays
+    at ``chunk x len(gallery)`` similarities whatever the number of queries.
+    """
+    k = min(k, gallery.shape[0] - (1 if exclude is not None else 0))
+    out = torch.empty(queries.shape[0], k, dtype=torch.long)
+    for start in range(0, queries.shape[0], chunk):
+        q = queries[start : start + chunk]
+        sims = q @ gallery.T
+        if exclude is not None:
+            ex = exclude[start : start + chunk].to(sims.device)
+            rows = torch.nonzero(ex >= 0).squeeze(1)
+            sims[rows, ex[rows]] = float("-inf")
+        out[start : start + len(q)] = sims.topk(k, dim=1).indices.cpu()
+    return out
+
+
+def recall_at_k(ranked: Tensor, gallery_labels: Tensor, query_labels: Tensor, ks: tuple[int, ...]) -> dict[int, float]:
+    """Fraction of queries with a hit (same label) among the first K results, for each K."""
+    hits = gallery_labels[ranked] == query_labels[:, None]
+    first_hit = torch.where(hits.any(1), hits.float().argmax(1), torch.full_like(query_labels, ranked.shape[1]))
+    return {k: (first_hit < k).float().mean().item() for k in ks}
+
+
+def evaluate(
+    model: ComposedRetrievalModel,
+    protocol: RetrievalProtocol,
+    *,
+    batch_size: int = 256,
+    device: torch.device | str | None = None,
+) -> dict[str, Any]:
+    """Recall@K of ``model`` under ``protocol``; keys "recall@K" (and "<view>_recall@K" for other views)."""
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        gallery = embed_gallery(model, protocol.gallery, batch_size, device)
+        queries = compose_queries(model, protocol, batch_size, device)
+    finally:
+        model.train(was_training)
+    ranked = top_k(queries, gallery, max(protocol.ks), protocol.query_exclude.to(device))
+    metrics: dict[str, Any] = {"protocol": protocol.name, "queries": len(protocol.query_texts), "gallery": len(protocol.gallery)}
+    for view, labels in protocol.query_labels.items():
+        prefix = "" if view == "label" else f"{view}_"
+        for k, value in recall_at_k(ranked, protocol.gallery_labels[view], labels, protocol.ks).items():
+            metrics[f"{prefix}recall@{k}"] = value
+    return metrics
+
+
+def evaluate_checkpoint(
+    path: str | Path,
+    *,
+    data_root: str | None = None,
+    protocol: str | None = None,
+    device: str = "auto",
+    batch_size: int = 256,
+) -> dict[str, Any]:
+    """Evaluate a checkpoint (or a run directory's checkpoint) on the dataset recorded in it."""
+    from .training import CHECKPOINT_NAME, resolve_device
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / CHECKPOINT_NAME
+    device = resolve_device(device)
+    model, meta = load_checkpoint(path, map_location=device)
+    recipe = meta.get("recipe") or {}
+    if "dataset" not in recipe:
+        raise CheckpointError(f"{path} records no dataset; it cannot be evaluated without one")
+    dataset = registry.create(
+        "dataset", recipe["dataset"], data_root=data_root or recipe.get("data_root"), **recipe.get("dataset_options", {})
+    )
+    protocol = protocol or (meta.get("metrics") or {}).get("protocol")
+    return evaluate(model, dataset.protocol(protocol), batch_size=batch_size, device=device)

@@ -1,0 +1,207 @@
+"""The interfaces every plugin implements.
+
+Data flows as DESIGN.md draws it: an image encoder turns images into an
+``ImageFeatures`` (the embedding and the last feature map), a text encoder turns
+strings into a ``TextFeatures`` (sentence vector, per-token states, mask), a
+combiner composes the two, and a loss compares composed queries with target
+embeddings. Datasets hand out training triplets and a test protocol.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Iterable, NamedTuple, Sequence
+
+import torch
+from torch import Tensor, nn
+
+
+class ImageFeatures(NamedTuple):
+    """What an image encoder returns for a batch of images."""
+
+    pooled: Tensor
+    """(B, out_dim): the embedding, i.e. ``head(feature_map)``."""
+    feature_map: Tensor
+    """(B, map_channels, H, W): the last convolutional map, before pooling."""
+
+
+class TextFeatures(NamedTuple):
+    """What a text encoder returns for a batch of strings."""
+
+    sentence: Tensor
+    """(B, out_dim): one vector per text."""
+    tokens: Tensor
+    """(B, T, token_dim): per-token states."""
+    mask: Tensor
+    """(B, T) bool: True where a token is real, False for padding."""
+
+
+class Component(nn.Module):
+    """Base of every pluggable module: remembers the options it was built with.
+
+    ``config()`` returns the JSON-able options that rebuild the module through the
+    registry; a checkpoint stores them next to the weights.
+    """
+
+    description: ClassVar[str] = ""
+
+    def config(self) -> dict[str, Any]:
+        return dict(getattr(self, "_options", {}))
+
+    def extra_state_metadata(self) -> dict[str, Any]:
+        """JSON-able state that is not a tensor (a vocabulary, a tokenizer name)."""
+        return {}
+
+    def load_extra_state_metadata(self, state: dict[str, Any]) -> None:
+        """Restore what ``extra_state_metadata`` returned."""
+
+
+class ImageEncoder(Component):
+    """Images (B, 3, H, W) -> ImageFeatures.
+
+    Subclasses implement ``features`` (images -> map) and ``head`` (map -> embedding);
+    the head is public so that a combiner which edits the map (tirg_lastconv, film)
+    lands in the same space as gallery images.
+    """
+
+    out_dim: int
+    map_channels: int
+
+    def features(self, images: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def head(self, feature_map: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def forward(self, images: Tensor) -> ImageFeatures:
+        feature_map = self.features(images)
+        return ImageFeatures(self.head(feature_map), feature_map)
+
+
+class TextEncoder(Component):
+    """A list of strings -> TextFeatures. Tokenisation is the encoder's own business."""
+
+    out_dim: int
+    token_dim: int
+
+    def fit(self, texts: Iterable[str]) -> None:
+        """Learn what depends on the training texts (a vocabulary). Default: nothing."""
+
+    def forward(self, texts: Sequence[str]) -> TextFeatures:
+        raise NotImplementedError
+
+
+class Combiner(Component):
+    """Composes image and text features into a query.
+
+    Built as ``Combiner(image_dim, text_dim, embed_dim, map_channels=..., token_dim=...,
+    **options)``. ``forward`` returns either a (B, embed_dim) vector or a
+    (B, map_channels, H, W) map; the model passes a map through the image encoder's
+    head. ``uses_image`` / ``uses_text`` / ``uses_feature_map`` / ``uses_tokens``
+    declare what it reads (the lower-bound baselines ignore one input).
+    """
+
+    uses_image: ClassVar[bool] = True
+    uses_text: ClassVar[bool] = True
+    uses_feature_map: ClassVar[bool] = False
+    uses_tokens: ClassVar[bool] = False
+
+    def forward(self, image: ImageFeatures, text: TextFeatures) -> Tensor:
+        raise NotImplementedError
+
+
+class Loss(Component):
+    """(queries (B, D), targets (B, D)) -> scalar; row i of queries matches row i of targets."""
+
+    def forward(self, queries: Tensor, targets: Tensor) -> Tensor:
+        raise NotImplementedError
+
+
+@dataclass
+class RetrievalProtocol:
+    """A test protocol: the gallery, the queries, and what counts as a hit.
+
+    Query i is ``query_images[query_sources[i]]`` composed with ``query_texts[i]``.
+    Gallery image j is a hit for query i under view v when
+    ``gallery_labels[v][j] == query_labels[v][i]``; the gallery image
+    ``query_exclude[i]`` (the query's own source, or -1 for none) is never ranked.
+    Every view gives its own recall@K (the view "label" is the main one; MIT-States
+    adds adjective-only and noun-only views, for example).
+    """
+
+    name: str
+    gallery: torch.utils.data.Dataset
+    query_images: torch.utils.data.Dataset
+    query_sources: Tensor
+    query_texts: list[str]
+    query_exclude: Tensor
+    gallery_labels: dict[str, Tensor]
+    query_labels: dict[str, Tensor]
+    ks: tuple[int, ...] = (1, 5, 10, 50, 100)
+
+    def __post_init__(self) -> None:
+        n = len(self.query_texts)
+        if n == 0:
+            raise ValueError(f"protocol {self.name!r} has no queries")
+        if len(self.query_sources) != n or len(self.query_exclude) != n:
+            raise ValueError(f"protocol {self.name!r}: query fields differ in length")
+        for view, labels in self.query_labels.items():
+            if len(labels) != n or len(self.gallery_labels[view]) != len(self.gallery):
+                raise ValueError(f"protocol {self.name!r}: labels of view {view!r} do not match")
+
+
+@dataclass
+class Preprocessing:
+    """How raw images become model inputs; stored in every checkpoint."""
+
+    image_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"image_size": self.image_size, "mean": list(self.mean), "std": list(self.std)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Preprocessing":
+        return cls(int(d["image_size"]), tuple(d["mean"]), tuple(d["std"]))
+
+
+class Dataset:
+    """A dataset plugin: training triplets and test protocols.
+
+    ``train_set()`` is a torch Dataset whose items are dicts
+    ``{"source": Tensor, "text": str, "target": Tensor}``; ``train_texts()`` lists
+    every training text (for fitting a vocabulary); ``protocols()`` names the test
+    protocols and ``protocol(name)`` builds one. ``default_loss`` is the loss the
+    paper used on it.
+    """
+
+    description: ClassVar[str] = ""
+    default_loss: ClassVar[str] = "soft_triplet"
+    preprocessing: Preprocessing
+
+    def config(self) -> dict[str, Any]:
+        return dict(getattr(self, "_options", {}))
+
+    def train_set(self) -> torch.utils.data.Dataset:
+        raise NotImplementedError
+
+    def train_texts(self) -> list[str]:
+        raise NotImplementedError
+
+    def protocols(self) -> list[str]:
+        raise NotImplementedError
+
+    def protocol(self, name: str | None = None) -> RetrievalProtocol:
+        raise NotImplementedError
+
+
+@dataclass
+class Registered:
+    """One registry entry."""
+
+    name: str
+    factory: Any
+    plugin: str
+    description: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)

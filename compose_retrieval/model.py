@@ -1,0 +1,138 @@
+"""The composed-retrieval model: encoders + combiner + learnable-scale L2 normalisation."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass, field
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from . import registry
+from .errors import ComposeRetrievalError
+from .interfaces import Combiner, ImageEncoder, Preprocessing, TextEncoder
+
+
+@dataclass
+class ComponentSpec:
+    """A registry name and the options to build it with."""
+
+    name: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ModelSpec:
+    """Everything needed to rebuild a model's architecture through the registry."""
+
+    combiner: ComponentSpec = field(default_factory=lambda: ComponentSpec("tirg"))
+    image_encoder: ComponentSpec = field(default_factory=lambda: ComponentSpec("timm", {"model_name": "resnet18"}))
+    text_encoder: ComponentSpec = field(default_factory=lambda: ComponentSpec("lstm"))
+    embed_dim: int = 512
+    normalization_scale: float = 4.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelSpec":
+        d = dict(d)
+        for key in ("combiner", "image_encoder", "text_encoder"):
+            if key in d and isinstance(d[key], dict):
+                d[key] = ComponentSpec(**d[key])
+        return cls(**d)
+
+
+class NormalizationLayer(nn.Module):
+    """x -> scale * x / ||x||, with a learnable scale (REFERENCE.md section 2, initialised to 4.0)."""
+
+    def __init__(self, scale: float = 4.0, learn_scale: bool = True):
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor(float(scale)), requires_grad=learn_scale)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.scale * F.normalize(x, dim=-1)
+
+
+class ComposedRetrievalModel(nn.Module):
+    """Composes (image, text) queries and embeds gallery images in one space.
+
+    ``compose(images, texts)`` and ``embed_images(images)`` return L2-normalised
+    embeddings times the learnable scale; ``forward(sources, texts, targets)`` returns
+    both for a training batch, pushing sources and targets through the image encoder
+    as one batch.
+    """
+
+    def __init__(
+        self,
+        image_encoder: ImageEncoder,
+        text_encoder: TextEncoder,
+        combiner: Combiner,
+        normalization_scale: float = 4.0,
+        spec: ModelSpec | None = None,
+        preprocessing: Preprocessing | None = None,
+    ):
+        super().__init__()
+        self.image_encoder = image_encoder
+        self.text_encoder = text_encoder
+        self.combiner = combiner
+        self.normalization = NormalizationLayer(normalization_scale)
+        self.spec = spec
+        self.preprocessing = preprocessing
+
+    def _compose(self, image_features, texts: Sequence[str]) -> Tensor:
+        composed = self.combiner(image_features, self.text_encoder(list(texts)))
+        if composed.dim() == 4:  # a modified feature map: pool and project like any gallery image
+            composed = self.image_encoder.head(composed)
+        return self.normalization(composed)
+
+    def embed_images(self, images: Tensor) -> Tensor:
+        return self.normalization(self.image_encoder(images).pooled)
+
+    def compose(self, images: Tensor, texts: Sequence[str]) -> Tensor:
+        if len(texts) != images.shape[0]:
+            raise ComposeRetrievalError(f"compose: {images.shape[0]} images but {len(texts)} texts")
+        return self._compose(self.image_encoder(images), texts)
+
+    def forward(self, sources: Tensor, texts: Sequence[str], targets: Tensor) -> tuple[Tensor, Tensor]:
+        n = sources.shape[0]
+        features = self.image_encoder(torch.cat([sources, targets]))
+        source_features = type(features)(*(f[:n] for f in features))
+        target_embeddings = self.normalization(features.pooled[n:])
+        return self._compose(source_features, texts), target_embeddings
+
+    def extra_state_metadata(self) -> dict[str, Any]:
+        """Non-tensor state of the components (a vocabulary), keyed by component."""
+        return {
+            key: state
+            for key in ("image_encoder", "text_encoder", "combiner")
+            if (state := getattr(self, key).extra_state_metadata())
+        }
+
+    def load_extra_state_metadata(self, state: dict[str, Any]) -> None:
+        for key, value in state.items():
+            getattr(self, key).load_extra_state_metadata(value)
+
+
+def build_model(spec: ModelSpec | dict[str, Any], preprocessing: Preprocessing | None = None) -> ComposedRetrievalModel:
+    """Build a model from its spec through the registry (weights freshly initialised)."""
+    if isinstance(spec, dict):
+        spec = ModelSpec.from_dict(spec)
+    spec = copy.deepcopy(spec)
+    image_encoder = registry.create(
+        "image_encoder", spec.image_encoder.name, out_dim=spec.embed_dim, **spec.image_encoder.options
+    )
+    text_encoder = registry.create("text_encoder", spec.text_encoder.name, out_dim=spec.embed_dim, **spec.text_encoder.options)
+    combiner = registry.create(
+        "combiner",
+        spec.combiner.name,
+        image_encoder.out_dim,
+        text_encoder.out_dim,
+        spec.embed_dim,
+        map_channels=image_encoder.map_channels,
+        token_dim=text_encoder.token_dim,
+        **spec.combiner.options,
+    )
+    return ComposedRetrievalModel(image_encoder, text_encoder, combiner, spec.normalization_scale, spec, preprocessing)

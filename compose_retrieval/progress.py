@@ -1,0 +1,44 @@
+"""A rich progress bar for training: step, loss and speed."""
+
+from __future__ import annotations
+
+import time
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+
+class TrainingProgress:
+    """Context manager; ``advance(loss, images)`` after each step. Disabled: does nothing."""
+
+    def __init__(self, total: int, enabled: bool = True):
+        self.enabled = enabled
+        self.total = total
+        self._progress = Progress(
+            TextColumn("[bold]train"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]:.4f}"),
+            TextColumn("{task.fields[speed]:.1f} it/s, {task.fields[images]:.0f} img/s"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            disable=not enabled,
+        )
+        self._ema: float | None = None
+
+    def __enter__(self) -> "TrainingProgress":
+        self._progress.__enter__()
+        self._task = self._progress.add_task("train", total=self.total, loss=float("nan"), speed=0.0, images=0.0)
+        self._start = time.perf_counter()
+        self._steps = 0
+        self._images = 0
+        return self
+
+    def advance(self, loss: float, images: int) -> None:
+        self._ema = loss if self._ema is None else 0.95 * self._ema + 0.05 * loss
+        self._steps += 1
+        self._images += images
+        elapsed = max(time.perf_counter() - self._start, 1e-9)
+        self._progress.update(self._task, advance=1, loss=self._ema, speed=self._steps / elapsed, images=self._images / elapsed)
+
+    def __exit__(self, *exc) -> None:
+        self._progress.__exit__(*exc)

@@ -1,0 +1,203 @@
+"""The registry: plugins found through entry points, components looked up by kind and name.
+
+Every plugin, built-in or third-party, is a module named by an entry point of the
+group ``compose_retrieval``. Entry points are read once and cached; a plugin that
+fails to import is skipped with a warning that names it. Components are collected
+by calling each plugin's ``register_*`` hook with a ``register`` callback.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import importlib.metadata
+import inspect
+import warnings
+from typing import Any, Callable
+
+import pluggy
+
+from . import hookspecs
+from .errors import ComposeRetrievalError, DuplicateNameError, UnknownNameError
+from .interfaces import Registered
+
+# kind -> hook name. The kind is what errors and `compose-retrieval list` call it.
+KINDS: dict[str, str] = {
+    "image_encoder": "register_image_encoders",
+    "text_encoder": "register_text_encoders",
+    "combiner": "register_combiners",
+    "loss": "register_losses",
+    "dataset": "register_datasets",
+    "pretrained": "register_pretrained",
+}
+ENTRY_POINT_GROUP = hookspecs.PROJECT
+
+_pm: pluggy.PluginManager | None = None
+_tables: dict[str, dict[str, Registered]] = {}
+
+
+def _display(kind: str) -> str:
+    return kind.replace("_", " ")
+
+
+def get_plugin_manager() -> pluggy.PluginManager:
+    """The process-wide plugin manager, with every entry-point plugin loaded once."""
+    global _pm
+    if _pm is None:
+        pm = pluggy.PluginManager(hookspecs.PROJECT)
+        pm.add_hookspecs(hookspecs)
+        for ep in sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+            if pm.get_plugin(ep.name) is not None or pm.is_blocked(ep.name):
+                continue
+            try:
+                plugin = ep.load()
+            except Exception as exc:  # a broken plugin must not take the others down
+                warnings.warn(
+                    f"compose_retrieval plugin {ep.name!r} ({ep.value}) failed to import and was skipped: "
+                    f"{type(exc).__name__}: {exc}",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                continue
+            pm.register(plugin, name=ep.name)
+        _pm = pm
+    return _pm
+
+
+def reload_plugins() -> None:
+    """Forget every loaded plugin and read the entry points again (after installing one)."""
+    global _pm
+    _pm = None
+    _tables.clear()
+
+
+def register_plugin(plugin: Any, name: str | None = None) -> str:
+    """Register a plugin object in-process (a notebook, a test); returns its name."""
+    pm = get_plugin_manager()
+    registered = pm.register(plugin, name=name)
+    _tables.clear()
+    if registered is None:
+        raise ComposeRetrievalError(f"plugin {name or plugin!r} is already registered or blocked")
+    return registered
+
+
+def unregister_plugin(plugin_or_name: Any) -> None:
+    """Remove a plugin registered with ``register_plugin`` (or an entry-point plugin)."""
+    pm = get_plugin_manager()
+    if isinstance(plugin_or_name, str):
+        pm.unregister(name=plugin_or_name)
+    else:
+        pm.unregister(plugin_or_name)
+    _tables.clear()
+
+
+def _table(kind: str) -> dict[str, Registered]:
+    if kind not in KINDS:
+        raise UnknownNameError("kind", kind, difflib.get_close_matches(kind, KINDS), sorted(KINDS))
+    if kind in _tables:
+        return _tables[kind]
+    pm = get_plugin_manager()
+    table: dict[str, Registered] = {}
+    hook = getattr(pm.hook, KINDS[kind])
+    for impl in hook.get_hookimpls():
+        plugin_name = impl.plugin_name
+
+        def register(name: str, factory: Any, description: str | None = None, _plugin=plugin_name) -> None:
+            if name in table:
+                raise DuplicateNameError(
+                    f"{_display(kind)} {name!r} is registered by two plugins: "
+                    f"{table[name].plugin!r} and {_plugin!r}; uninstall or block one of them"
+                )
+            if description is None:
+                description = _first_line(getattr(factory, "description", "") or inspect.getdoc(factory) or "")
+            table[name] = Registered(name, factory, _plugin, description)
+
+        try:
+            impl.function(register=register)
+        except DuplicateNameError:
+            raise
+        except Exception as exc:
+            warnings.warn(
+                f"compose_retrieval plugin {plugin_name!r} failed in {KINDS[kind]} and was skipped: "
+                f"{type(exc).__name__}: {exc}",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+    _tables[kind] = table
+    return table
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0].strip() if text.strip() else ""
+
+
+def list_components(kind: str, pattern: str = "*") -> list[str]:
+    """Sorted names of the registered components of ``kind`` matching a wildcard pattern."""
+    return sorted(n for n in _table(kind) if fnmatch.fnmatchcase(n, pattern))
+
+
+def get_entry(kind: str, name: str) -> Registered:
+    """The registry entry of ``name``; an unknown name raises UnknownNameError with suggestions."""
+    table = _table(kind)
+    if name not in table:
+        names = sorted(table)
+        raise UnknownNameError(_display(kind), name, difflib.get_close_matches(name, names, n=3, cutoff=0.6), names)
+    return table[name]
+
+
+def create(kind: str, name: str, *args: Any, **options: Any) -> Any:
+    """Build the component ``name`` of ``kind`` with ``options``; it remembers its options."""
+    entry = get_entry(kind, name)
+    check_options(kind, name, options)
+    obj = entry.factory(*args, **options)
+    try:
+        obj._options = dict(options)
+        obj._registry_name = name
+    except AttributeError:  # pragma: no cover - a factory returning an immutable object
+        pass
+    return obj
+
+
+# Arguments the engine passes itself; a user never sets them as options.
+ENGINE_ARGUMENTS = {"image_dim", "text_dim", "embed_dim", "map_channels", "token_dim", "out_dim", "data_root"}
+
+
+def check_options(kind: str, name: str, options: dict[str, Any]) -> None:
+    """Unknown option names are a one-line error listing the options that exist."""
+    entry = get_entry(kind, name)
+    try:
+        params = inspect.signature(entry.factory).parameters
+    except (TypeError, ValueError):
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    accepted = [n for n, p in params.items() if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    settable = [n for n in accepted if n not in ENGINE_ARGUMENTS]
+    for key in options:
+        if key not in accepted:
+            close = difflib.get_close_matches(key, settable, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            listing = ", ".join(settable) or "none"
+            raise ComposeRetrievalError(f"{_display(kind)} {entry.name!r} has no option {key!r}.{hint} Its options: {listing}.")
+
+
+def describe(kind: str, pattern: str = "*") -> list[tuple[str, str, str]]:
+    """(name, one-line description, plugin) for the components of ``kind`` matching ``pattern``."""
+    table = _table(kind)
+    return [(n, table[n].description, table[n].plugin) for n in list_components(kind, pattern)]
+
+
+def _lister(kind: str) -> Callable[[str], list[str]]:
+    def lister(pattern: str = "*") -> list[str]:
+        return list_components(kind, pattern)
+
+    lister.__name__ = f"list_{kind}s"
+    lister.__doc__ = f"Sorted names of the registered {_display(kind)}s matching a wildcard pattern."
+    return lister
+
+
+list_image_encoders = _lister("image_encoder")
+list_text_encoders = _lister("text_encoder")
+list_combiners = _lister("combiner")
+list_losses = _lister("loss")
+list_datasets = _lister("dataset")

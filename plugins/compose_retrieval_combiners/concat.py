@@ -1,0 +1,32 @@
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from compose_retrieval.interfaces import Combiner, ImageFeatures, TextFeatures
+
+
+class Concat(Combiner):
+    """An MLP on the concatenated image and text vectors (the paper's "concat" baseline).
+
+    BN(2d) -> ReLU -> Linear(2d, 2d) -> BN -> ReLU -> Dropout -> Linear(2d, d), as in
+    REFERENCE.md section 3 and google/tirg. Options: ``dropout`` (0.1).
+    """
+
+    def __init__(
+        self, image_dim: int, text_dim: int, embed_dim: int, *, map_channels: int = 0, token_dim: int = 0, dropout: float = 0.1
+    ):
+        super().__init__()
+        width = image_dim + text_dim
+        self.mlp = nn.Sequential(
+            nn.BatchNorm1d(width),
+            nn.ReLU(),
+            nn.Linear(width, width),
+            nn.BatchNorm1d(width),
+            nn.ReLU(),
+            nn.Dropout(dropout),
+            nn.Linear(width, embed_dim),
+        )
+
+    def forward(self, image: ImageFeatures, text: TextFeatures) -> Tensor:
+        return self.mlp(torch.cat([image.pooled, text.sentence], dim=1))

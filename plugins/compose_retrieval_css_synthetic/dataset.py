@@ -1,0 +1,123 @@
+from __future__ import annotations
+
+from functools import cached_property
+
+import numpy as np
+import torch
+
+from compose_retrieval.data import IMAGENET_MEAN, IMAGENET_STD, TensorImages, Triplets, label_ids
+from compose_retrieval.errors import DatasetError
+from compose_retrieval.interfaces import Dataset, Preprocessing, RetrievalProtocol
+
+from .render import render_2d
+from .scenes import random_modification, random_scene, scene_key
+
+
+class Split:
+    """One split: unique source scenes, each with a few modifications; images = sources + targets."""
+
+    def __init__(self, scenes: np.ndarray, sources: list[int], texts: list[str], targets: list[int]):
+        self.scenes, self.sources, self.texts, self.targets = scenes, sources, texts, targets
+
+    @cached_property
+    def labels(self) -> list[bytes]:
+        return [scene_key(s) for s in self.scenes]
+
+
+def generate_split(rng: np.random.Generator, n_sources: int, mods_per_source: int, exclude: set[bytes]) -> Split:
+    """Draw ``n_sources`` distinct source scenes (none in ``exclude``) and their modified targets.
+
+    Targets equal to an excluded scene are redrawn, so no scene of one split is in the other.
+    """
+    scenes: list[np.ndarray] = []
+    sources, texts, targets = [], [], []
+    seen: set[bytes] = set()
+    while len(sources) < n_sources * mods_per_source:
+        scene = random_scene(rng)
+        key = scene_key(scene)
+        if key in exclude or key in seen:
+            continue
+        mods = []
+        while len(mods) < mods_per_source:
+            mod = random_modification(rng, scene)
+            if scene_key(mod.target) not in exclude and all(m.text != mod.text for m in mods):
+                mods.append(mod)
+        seen.add(key)
+        source_index = len(scenes)
+        scenes.append(scene)
+        for mod in mods:
+            sources.append(source_index)
+            texts.append(mod.text)
+            targets.append(len(scenes))
+            scenes.append(mod.target)
+    return Split(np.stack(scenes), sources, texts, targets)
+
+
+class CSSSynthetic(Dataset):
+    """CSS-style scenes (3x3 grid, 8 colours, 3 shapes, 2 sizes) and add/remove/change texts, 64 px 2D drawings.
+
+    Deterministic from ``seed``: the train split has ``train_scenes`` source scenes and
+    the test split ``test_scenes``, each with ``mods_per_scene`` modifications, and no
+    scene (source or target) of the test split appears in the train split. Test
+    protocol "2d" (REFERENCE.md section 6): the gallery is every test image, a query's
+    own source image is excluded, and a hit is any gallery image of the target's scene
+    (duplicates of a scene share its label).
+    """
+
+    default_loss = "soft_triplet"
+
+    def __init__(
+        self,
+        data_root: str | None = None,
+        seed: int = 0,
+        train_scenes: int = 6000,
+        test_scenes: int = 1000,
+        mods_per_scene: int = 2,
+        image_size: int = 64,
+    ):
+        if data_root is not None:
+            raise DatasetError("css-synthetic is generated from its seed and reads no files; drop --data-root")
+        if min(train_scenes, test_scenes, mods_per_scene) < 1:
+            raise DatasetError("css-synthetic needs at least one train scene, one test scene and one modification each")
+        self.seed, self.image_size = seed, image_size
+        self.train_scenes, self.test_scenes, self.mods_per_scene = train_scenes, test_scenes, mods_per_scene
+        self.preprocessing = Preprocessing(image_size, IMAGENET_MEAN, IMAGENET_STD)
+
+    @cached_property
+    def splits(self) -> dict[str, Split]:
+        rng = np.random.default_rng(self.seed)
+        train = generate_split(rng, self.train_scenes, self.mods_per_scene, exclude=set())
+        test = generate_split(rng, self.test_scenes, self.mods_per_scene, exclude=set(train.labels))
+        return {"train": train, "test": test}
+
+    def images(self, split: str) -> TensorImages:
+        return TensorImages(torch.from_numpy(render_2d(self.splits[split].scenes, self.image_size)), self.preprocessing)
+
+    def train_set(self) -> Triplets:
+        s = self.splits["train"]
+        return Triplets(self.images("train"), s.sources, s.texts, s.targets)
+
+    def train_texts(self) -> list[str]:
+        return list(self.splits["train"].texts)
+
+    def protocols(self) -> list[str]:
+        return ["2d"]
+
+    def protocol(self, name: str | None = None) -> RetrievalProtocol:
+        if name not in (None, "2d"):
+            raise DatasetError(f"css-synthetic has no protocol {name!r}; its protocols: 2d")
+        s = self.splits["test"]
+        gallery = self.images("test")
+        gallery_labels, vocab = label_ids(s.labels)
+        query_labels, _ = label_ids([s.labels[t] for t in s.targets], vocab)
+        sources = torch.tensor(s.sources, dtype=torch.long)
+        return RetrievalProtocol(
+            name="2d",
+            gallery=gallery,
+            query_images=gallery,
+            query_sources=sources,
+            query_texts=list(s.texts),
+            query_exclude=sources.clone(),
+            gallery_labels={"label": gallery_labels},
+            query_labels={"label": query_labels},
+        )

@@ -1,0 +1,26 @@
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from compose_retrieval.interfaces import Loss
+
+from .similarity import SIMILARITIES, similarity_matrix
+
+
+class BatchSoftmaxLoss(Loss):
+    """Batch-based classification, K = B, M = 1: cross-entropy of the B x B similarities against the diagonal.
+
+    Option ``similarity``: "dot" (google/tirg's choice) or "l2".
+    """
+
+    def __init__(self, similarity: str = "dot"):
+        super().__init__()
+        if similarity not in SIMILARITIES:
+            raise ValueError(f"unknown similarity {similarity!r}; use one of {', '.join(SIMILARITIES)}")
+        self.similarity = similarity
+
+    def forward(self, queries: Tensor, targets: Tensor) -> Tensor:
+        sim = similarity_matrix(queries, targets, self.similarity)
+        return F.cross_entropy(sim, torch.arange(sim.shape[0], device=sim.device))

@@ -1,0 +1,41 @@
+from __future__ import annotations
+
+import timm
+import torch
+from torch import Tensor, nn
+
+from compose_retrieval.interfaces import ImageEncoder
+
+
+class TimmImageEncoder(ImageEncoder):
+    """Any timm backbone (default ResNet-18): its last feature map, average-pooled and projected.
+
+    Options: ``model_name`` (any name of ``timm.list_models()``), ``pretrained``
+    (ImageNet weights; needs them cached or a network), ``model_kwargs`` (passed to
+    ``timm.create_model``, e.g. ``{"channels": [32, 64, 128, 256]}`` for a narrow ResNet). A transformer
+    backbone's patch tokens are reshaped into a map, so map-editing combiners work on it too.
+    """
+
+    def __init__(
+        self, out_dim: int = 512, model_name: str = "resnet18", pretrained: bool = False, model_kwargs: dict | None = None
+    ):
+        super().__init__()
+        self.body = timm.create_model(model_name, pretrained=pretrained, num_classes=0, global_pool="", **(model_kwargs or {}))
+        self.map_channels = self.body.num_features
+        self.out_dim = out_dim
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(self.map_channels, out_dim)
+        self._prefix_tokens = getattr(self.body, "num_prefix_tokens", 0)
+
+    def features(self, images: Tensor) -> Tensor:
+        x = self.body.forward_features(images)
+        if x.dim() == 3:  # (B, N, C) tokens of a vision transformer -> (B, C, h, w)
+            x = x[:, self._prefix_tokens :]
+            side = int(x.shape[1] ** 0.5)
+            if side * side != x.shape[1]:
+                raise ValueError(f"cannot arrange {x.shape[1]} patch tokens into a square feature map")
+            x = x.transpose(1, 2).reshape(x.shape[0], x.shape[2], side, side)
+        return x
+
+    def head(self, feature_map: Tensor) -> Tensor:
+        return self.fc(torch.flatten(self.pool(feature_map), 1))
