@@ -11,6 +11,7 @@ from typing import Any, Iterator, List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from . import registry
@@ -34,16 +35,20 @@ KIND_ARGUMENTS = {
 }
 
 
+def print_error(message: str) -> None:
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+
+
 @contextlib.contextmanager
 def errors_as_exit() -> Iterator[None]:
     """Library errors become one red line on stderr and exit code 1, never a traceback."""
     try:
         yield
     except ComposeRetrievalError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        print_error(str(exc))
         raise typer.Exit(1) from None
     except FileNotFoundError as exc:
-        err_console.print(f"[bold red]error:[/] file not found: {exc.filename or exc}", highlight=False, soft_wrap=True)
+        print_error(f"file not found: {exc.filename or exc}")
         raise typer.Exit(1) from None
 
 
@@ -78,7 +83,9 @@ def train(
     data_root: Optional[str] = typer.Option(None, help="Where the dataset's files are (not for css-synthetic)."),
     protocol: Optional[str] = typer.Option(None, help="Test protocol of the dataset (default: its first)."),
     image_encoder: str = typer.Option("timm", help="Image encoder plugin."),
-    backbone: str = typer.Option("resnet18", help="timm model name for the timm image encoder."),
+    backbone: Optional[str] = typer.Option(
+        None, help="timm model name for the timm image encoder (default: the recipe's; cpu: ResNet-18 at half width)."
+    ),
     pretrained: bool = typer.Option(False, help="Start from ImageNet weights (needs them cached or a network)."),
     text_encoder: str = typer.Option("lstm", help="Text encoder plugin."),
     loss: Optional[str] = typer.Option(None, help="Loss (default: the dataset's, as in the paper)."),
@@ -101,10 +108,12 @@ def train(
 ) -> None:
     """Train a model and evaluate recall@K on the dataset's test protocol."""
     from .model import ComponentSpec, ModelSpec
-    from .training import TrainConfig, train as run_training
+    from .training import TrainConfig, recipe_backbone, train as run_training
 
     with errors_as_exit():
-        image_options = {"model_name": backbone, "pretrained": pretrained} if image_encoder == "timm" else {}
+        image_options: dict[str, Any] = {}
+        if image_encoder == "timm":
+            image_options = {"model_name": backbone, "pretrained": pretrained} if backbone else recipe_backbone(recipe, pretrained)
         spec = ModelSpec(
             combiner=ComponentSpec(combiner, parse_options(combiner_opt, "combiner")),
             image_encoder=ComponentSpec(image_encoder, {**image_options, **parse_options(image_encoder_opt, "image encoder")}),
@@ -195,6 +204,6 @@ def main() -> None:
     try:
         add_plugin_commands()
     except ComposeRetrievalError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        print_error(str(exc))
         raise SystemExit(1) from None
     app()

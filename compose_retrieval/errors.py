@@ -20,6 +20,10 @@ class UnknownNameError(ComposeRetrievalError, KeyError):
         return self.args[0]
 
 
+class OptionError(ComposeRetrievalError, ValueError):
+    """An option with a value that the component does not accept."""
+
+
 class DuplicateNameError(ComposeRetrievalError):
     """Two plugins registered one name for one kind."""
 

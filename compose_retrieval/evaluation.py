@@ -71,8 +71,7 @@ def top_k(queries: Tensor, gallery: Tensor, k: int, exclude: Tensor | None = Non
 def recall_at_k(ranked: Tensor, gallery_labels: Tensor, query_labels: Tensor, ks: tuple[int, ...]) -> dict[int, float]:
     """Fraction of queries with a hit (same label) among the first K results, for each K."""
     hits = gallery_labels[ranked] == query_labels[:, None]
-    first_hit = torch.where(hits.any(1), hits.float().argmax(1), torch.full_like(query_labels, ranked.shape[1]))
-    return {k: (first_hit < k).float().mean().item() for k in ks}
+    return {k: hits[:, :k].any(1).float().mean().item() for k in ks}
 
 
 def evaluate(
@@ -116,6 +115,7 @@ def evaluate_checkpoint(
         path = path / CHECKPOINT_NAME
     device = resolve_device(device)
     model, meta = load_checkpoint(path, map_location=device)
+    model.place(device)
     recipe = meta.get("recipe") or {}
     if "dataset" not in recipe:
         raise CheckpointError(f"{path} records no dataset; it cannot be evaluated without one")

@@ -74,10 +74,13 @@ def reload_plugins() -> None:
 def register_plugin(plugin: Any, name: str | None = None) -> str:
     """Register a plugin object in-process (a notebook, a test); returns its name."""
     pm = get_plugin_manager()
-    registered = pm.register(plugin, name=name)
+    try:
+        registered = pm.register(plugin, name=name)
+    except ValueError as exc:  # pluggy: the name or the object is taken
+        raise ComposeRetrievalError(f"plugin {name or plugin!r} is already registered: {str(exc).splitlines()[0]}") from None
     _tables.clear()
     if registered is None:
-        raise ComposeRetrievalError(f"plugin {name or plugin!r} is already registered or blocked")
+        raise ComposeRetrievalError(f"plugin {name or plugin!r} is blocked")
     return registered
 
 

@@ -6,7 +6,7 @@ from torch import Tensor
 
 from compose_retrieval.interfaces import Loss
 
-from .similarity import SIMILARITIES, similarity_matrix
+from .similarity import check_similarity, similarity_matrix
 
 
 class BatchSoftmaxLoss(Loss):
@@ -17,9 +17,7 @@ class BatchSoftmaxLoss(Loss):
 
     def __init__(self, similarity: str = "dot"):
         super().__init__()
-        if similarity not in SIMILARITIES:
-            raise ValueError(f"unknown similarity {similarity!r}; use one of {', '.join(SIMILARITIES)}")
-        self.similarity = similarity
+        self.similarity = check_similarity(similarity)
 
     def forward(self, queries: Tensor, targets: Tensor) -> Tensor:
         sim = similarity_matrix(queries, targets, self.similarity)

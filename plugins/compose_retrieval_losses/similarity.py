@@ -2,7 +2,15 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from compose_retrieval.errors import OptionError
+
 SIMILARITIES = ("dot", "l2")
+
+
+def check_similarity(similarity: str) -> str:
+    if similarity not in SIMILARITIES:
+        raise OptionError(f"unknown similarity {similarity!r}; use one of {', '.join(SIMILARITIES)}")
+    return similarity
 
 
 def similarity_matrix(queries: Tensor, targets: Tensor, similarity: str) -> Tensor:
@@ -12,4 +20,4 @@ def similarity_matrix(queries: Tensor, targets: Tensor, similarity: str) -> Tens
     if similarity == "l2":
         sq = (queries * queries).sum(1, keepdim=True) + (targets * targets).sum(1)[None, :] - 2 * queries @ targets.T
         return -sq
-    raise ValueError(f"unknown similarity {similarity!r}; use one of {', '.join(SIMILARITIES)}")
+    raise OptionError(f"unknown similarity {similarity!r}; use one of {', '.join(SIMILARITIES)}")

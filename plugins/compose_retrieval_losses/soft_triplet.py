@@ -6,7 +6,7 @@ from torch import Tensor
 
 from compose_retrieval.interfaces import Loss
 
-from .similarity import SIMILARITIES, similarity_matrix
+from .similarity import check_similarity, similarity_matrix
 
 
 class SoftTripletLoss(Loss):
@@ -19,9 +19,7 @@ class SoftTripletLoss(Loss):
 
     def __init__(self, similarity: str = "l2"):
         super().__init__()
-        if similarity not in SIMILARITIES:
-            raise ValueError(f"unknown similarity {similarity!r}; use one of {', '.join(SIMILARITIES)}")
-        self.similarity = similarity
+        self.similarity = check_similarity(similarity)
 
     def forward(self, queries: Tensor, targets: Tensor) -> Tensor:
         n = queries.shape[0]

@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+import difflib
+
 import timm
 import torch
 from torch import Tensor, nn
 
+from compose_retrieval.errors import UnknownNameError
 from compose_retrieval.interfaces import ImageEncoder
 
 
@@ -20,6 +23,9 @@ class TimmImageEncoder(ImageEncoder):
         self, out_dim: int = 512, model_name: str = "resnet18", pretrained: bool = False, model_kwargs: dict | None = None
     ):
         super().__init__()
+        if not timm.is_model(model_name):
+            close = difflib.get_close_matches(model_name, timm.list_models(), n=3)
+            raise UnknownNameError("timm model", model_name, close, ["see timm.list_models()"])
         self.body = timm.create_model(model_name, pretrained=pretrained, num_classes=0, global_pool="", **(model_kwargs or {}))
         self.map_channels = self.body.num_features
         self.out_dim = out_dim

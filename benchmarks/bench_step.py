@@ -1,0 +1,112 @@
+"""Time one training step of each combiner against the floor every combiner pays.
+
+The floor is the bare backbone's forward + backward on the same images (the sources
+and the targets of a batch, 2 x batch images). A combiner's step is the whole
+training step the engine runs: image and text encoders, combiner, normalisation,
+loss, backward and the optimizer step. The ratio step / floor is what a combiner
+costs on top of the backbone.
+
+    python benchmarks/bench_step.py                      # every registered combiner, CPU defaults
+    python benchmarks/bench_step.py --combiners tirg concat --device cuda --batch-size 32 --image-size 224
+
+Timings interleave the floor and each combiner, repeat, and report medians, so a
+noisy machine moves both alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+import compose_retrieval as cr
+from compose_retrieval.model import ComponentSpec, ModelSpec, build_model
+from compose_retrieval.training import TrainConfig, make_optimizer
+
+TEXTS = ["make red circle at top-left blue", "add large gray triangle to bottom-right", "remove cyan rectangle"]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _time(fn, device: torch.device, iters: int) -> float:
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(iters):
+        fn()
+    _sync(device)
+    return (time.perf_counter() - start) / iters
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--combiners", nargs="*", default=None, help="default: every registered combiner")
+    parser.add_argument("--backbone", default="resnet18")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--iters", type=int, default=5, help="steps per timing")
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved timings; the median is reported")
+    args = parser.parse_args()
+
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    combiners = args.combiners or cr.list_combiners()
+    b, s = args.batch_size, args.image_size
+    sources = torch.randn(b, 3, s, s, device=device).contiguous(memory_format=torch.channels_last)
+    targets = torch.randn(b, 3, s, s, device=device).contiguous(memory_format=torch.channels_last)
+    both = torch.cat([sources, targets])
+    texts = [TEXTS[i % len(TEXTS)] for i in range(b)]
+    loss_fn = cr.create("loss", "soft_triplet")
+    config = TrainConfig()
+
+    steps = {}
+    for name in combiners:
+        model = build_model(ModelSpec(combiner=ComponentSpec(name), image_encoder=ComponentSpec("timm", {"model_name": args.backbone})))
+        model.text_encoder.fit(TEXTS)
+        model.to(device).to(memory_format=torch.channels_last).train()
+        optimizer = make_optimizer(model, config)
+
+        def step(model=model, optimizer=optimizer):
+            queries, target_embeddings = model(sources, texts, targets)
+            loss = loss_fn(queries, target_embeddings)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+        steps[name] = step
+
+    floor_model = build_model(ModelSpec(image_encoder=ComponentSpec("timm", {"model_name": args.backbone}))).image_encoder.body
+    floor_model.to(device).to(memory_format=torch.channels_last).train()
+
+    def floor():
+        floor_model.zero_grad(set_to_none=True)
+        floor_model.forward_features(both).float().mean().backward()
+
+    for fn in [floor, *steps.values()]:  # warm-up
+        fn()
+        fn()
+    floor_times: list[float] = []
+    step_times: dict[str, list[float]] = {n: [] for n in steps}
+    for _ in range(args.repeats):
+        floor_times.append(_time(floor, device, args.iters))
+        for name, fn in steps.items():
+            step_times[name].append(_time(fn, device, args.iters))
+
+    floor_ms = statistics.median(floor_times) * 1000
+    print(f"device {device}, backbone {args.backbone}, batch {b} (+{b} targets), images {s}x{s}, "
+          f"torch {torch.__version__}, threads {torch.get_num_threads()}")
+    print(f"floor (backbone forward+backward on {2 * b} images): {floor_ms:.1f} ms\n")
+    print("| combiner | step (ms) | step / floor |")
+    print("|---|---:|---:|")
+    for name in combiners:
+        ms = statistics.median(step_times[name]) * 1000
+        print(f"| {name} | {ms:.1f} | {ms / floor_ms:.2f} |")
+
+
+if __name__ == "__main__":
+    main()

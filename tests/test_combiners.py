@@ -1,0 +1,133 @@
+"""Contract tests parametrised over every registered combiner (a future plugin is covered too)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import compose_retrieval
+from compose_retrieval import ComposeRetrievalError
+from compose_retrieval.checkpoint import load_checkpoint, read_metadata, save_checkpoint
+from compose_retrieval.registry import get_entry
+
+from conftest import BUILTIN_COMBINERS, EMBED_DIM, SAMPLE_TEXTS, tiny_model
+
+COMBINERS = compose_retrieval.list_combiners()
+TEXTS = SAMPLE_TEXTS[:4]
+
+
+def test_every_builtin_combiner_is_registered():
+    assert set(BUILTIN_COMBINERS) <= set(COMBINERS)
+
+
+def _images(n: int, seed: int = 0) -> torch.Tensor:
+    return torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+
+
+def _has_gradient(module: torch.nn.Module) -> bool:
+    return any(p.grad is not None and p.grad.abs().sum().item() > 0 for p in module.parameters())
+
+
+@pytest.fixture(params=COMBINERS)
+def combiner_name(request):
+    return request.param
+
+
+def test_compose_and_embed_shapes(combiner_name):
+    model = tiny_model(combiner_name).eval()
+    with torch.no_grad():
+        composed = model.compose(_images(4), TEXTS)
+        embedded = model.embed_images(_images(4))
+    assert composed.shape == (4, EMBED_DIM)
+    assert embedded.shape == (4, EMBED_DIM)
+    assert torch.isfinite(composed).all() and torch.isfinite(embedded).all()
+    # the normalisation layer: every embedding has the learnable scale (4.0) as its length
+    torch.testing.assert_close(composed.norm(dim=1), torch.full((4,), 4.0))
+    torch.testing.assert_close(embedded.norm(dim=1), torch.full((4,), 4.0))
+
+
+def test_training_forward_returns_queries_and_targets(combiner_name):
+    model = tiny_model(combiner_name).train()
+    queries, targets = model(_images(4, 1), TEXTS, _images(4, 2))
+    assert queries.shape == targets.shape == (4, EMBED_DIM)
+    loss = compose_retrieval.create("loss", "soft_triplet")(queries, targets)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert _has_gradient(model.image_encoder)  # the targets alone give the image encoder a gradient
+
+
+def test_gradients_follow_declared_inputs(combiner_name):
+    """compose() sends gradient into the image encoder iff uses_image, into the text encoder iff uses_text."""
+    model = tiny_model(combiner_name).train()
+    combiner_class = get_entry("combiner", combiner_name).factory
+    assert isinstance(model.combiner, compose_retrieval.Combiner)
+    composed = model.compose(_images(4, 3), TEXTS)
+    direction = torch.randn(composed.shape, generator=torch.Generator().manual_seed(7))
+    (composed * direction).sum().backward()
+    assert _has_gradient(model.image_encoder) == combiner_class.uses_image
+    assert _has_gradient(model.text_encoder) == combiner_class.uses_text
+
+
+def test_text_changes_the_query_iff_uses_text(combiner_name):
+    model = tiny_model(combiner_name).eval()
+    images = _images(2, 4)
+    with torch.no_grad():
+        a = model.compose(images, ["add small red circle to top-left"] * 2)
+        b = model.compose(images, ["remove blue triangle"] * 2)
+    assert (not torch.allclose(a, b)) == type(model.combiner).uses_text
+
+
+def test_batch_of_one_in_eval_mode(combiner_name):
+    model = tiny_model(combiner_name)
+    model.train()
+    model(_images(4, 5), TEXTS, _images(4, 6))  # move the BatchNorm running statistics off their defaults
+    model.eval()
+    images = _images(3, 8)
+    with torch.no_grad():
+        batch = model.compose(images, TEXTS[:3])
+        single = model.compose(images[:1], TEXTS[:1])
+        gallery_single = model.embed_images(images[:1])
+    assert single.shape == (1, EMBED_DIM) and gallery_single.shape == (1, EMBED_DIM)
+    # in eval mode a query does not depend on the rest of its batch
+    torch.testing.assert_close(single[0], batch[0], rtol=1e-4, atol=1e-5)
+
+
+def test_compose_rejects_mismatched_batch(combiner_name):
+    model = tiny_model(combiner_name).eval()
+    with pytest.raises(ComposeRetrievalError, match="3 images but 2 texts"):
+        model.compose(_images(3), TEXTS[:2])
+
+
+def test_checkpoint_round_trip(combiner_name, tmp_path):
+    model = tiny_model(combiner_name)
+    model.train()
+    with torch.no_grad():
+        for p in model.parameters():  # weights that differ from a fresh initialisation
+            p.add_(0.01 * torch.randn_like(p))
+        model.normalization.scale.fill_(3.0)
+    model(_images(4, 9), TEXTS, _images(4, 10))  # non-default BatchNorm buffers
+    model.eval()
+
+    path = save_checkpoint(model, tmp_path / "model.safetensors", metrics={"recall@1": 0.5}, recipe={"steps": 1})
+    loaded, meta = load_checkpoint(path)
+
+    assert not loaded.training
+    assert type(loaded.combiner) is type(model.combiner)
+    assert loaded.spec == model.spec
+    assert meta["metrics"] == {"recall@1": 0.5} and meta["recipe"] == {"steps": 1}
+    assert read_metadata(path)["model"]["combiner"]["name"] == combiner_name
+    state, loaded_state = model.state_dict(), loaded.state_dict()
+    assert state.keys() == loaded_state.keys()
+    assert all(torch.equal(state[k], loaded_state[k]) for k in state)
+
+    # the vocabulary travels with the checkpoint; unknown words map to id 0
+    vocabulary, loaded_vocabulary = model.text_encoder.vocabulary, loaded.text_encoder.vocabulary
+    assert loaded_vocabulary.words == vocabulary.words
+    ids = loaded_vocabulary.encode("add zebra")
+    assert ids == vocabulary.encode("add zebra") and ids[0] != 0 and ids[1] == 0
+
+    images = _images(3, 11)
+    texts = ["add small red circle to top-left", "remove zebra", "make yellow triangle cyan"]
+    with torch.no_grad():
+        assert torch.equal(loaded.compose(images, texts), model.compose(images, texts))
+        assert torch.equal(loaded.embed_images(images), model.embed_images(images))

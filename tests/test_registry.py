@@ -1,0 +1,158 @@
+"""The registry: lookups, errors that help, in-process plugins, duplicates and broken plugins."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+
+import compose_retrieval
+from compose_retrieval import ComposeRetrievalError, DuplicateNameError, UnknownNameError, hookimpl, registry
+from compose_retrieval.interfaces import Combiner
+
+from conftest import BUILTIN_COMBINERS, plugin_paths, write_dist_info
+
+
+class _Extra(Combiner):
+    """An in-process test combiner."""
+
+    def __init__(self, image_dim, text_dim, embed_dim, *, map_channels=0, token_dim=0):
+        super().__init__()
+
+    def forward(self, image, text):
+        return image.pooled
+
+
+class ExtraPlugin:
+    @hookimpl
+    def register_combiners(self, register):
+        register("extra_for_test", _Extra)
+
+
+class DuplicatePlugin:
+    @hookimpl
+    def register_combiners(self, register):
+        register("tirg", _Extra)
+
+
+class FailingHookPlugin:
+    @hookimpl
+    def register_combiners(self, register):
+        raise RuntimeError("boom in the hook")
+
+
+def test_builtins_are_listed_sorted():
+    assert compose_retrieval.list_combiners() == sorted(BUILTIN_COMBINERS)
+    assert compose_retrieval.list_losses() == ["batch_softmax", "soft_triplet"]
+    assert "css-synthetic" in compose_retrieval.list_datasets()
+    assert "timm" in compose_retrieval.list_image_encoders()
+    assert "lstm" in compose_retrieval.list_text_encoders()
+
+
+def test_list_functions_accept_wildcards():
+    assert compose_retrieval.list_combiners("tirg*") == ["tirg", "tirg_lastconv"]
+    assert compose_retrieval.list_combiners("*_only") == ["image_only", "text_only"]
+    assert compose_retrieval.list_combiners("nothing*") == []
+    assert compose_retrieval.list_components("loss", "soft_*") == ["soft_triplet"]
+
+
+def test_unknown_name_suggests_and_lists():
+    with pytest.raises(UnknownNameError) as info:
+        compose_retrieval.create("combiner", "tirgg")
+    message = str(info.value)
+    assert "Did you mean 'tirg'" in message
+    assert "combiner" in message and "'tirgg'" in message
+    for name in BUILTIN_COMBINERS:
+        assert name in message
+    assert info.value.available == sorted(BUILTIN_COMBINERS)
+    assert isinstance(info.value, ComposeRetrievalError) and isinstance(info.value, KeyError)
+
+
+def test_unknown_name_without_close_match_still_lists():
+    with pytest.raises(UnknownNameError) as info:
+        compose_retrieval.create("loss", "zzzzzz")
+    assert "Did you mean" not in str(info.value)
+    assert "batch_softmax" in str(info.value) and "soft_triplet" in str(info.value)
+
+
+def test_unknown_kind():
+    with pytest.raises(UnknownNameError, match="Did you mean 'combiner'"):
+        compose_retrieval.list_components("combiners")
+
+
+def test_unknown_option_names_the_option():
+    with pytest.raises(ComposeRetrievalError) as info:
+        registry.create("loss", "soft_triplet", simlarity="dot")
+    message = str(info.value)
+    assert "'simlarity'" in message and "soft_triplet" in message
+    assert "Did you mean 'similarity'" in message
+    with pytest.raises(ComposeRetrievalError, match="'colour'"):
+        registry.create("dataset", "css-synthetic", colour=3)
+
+
+def test_create_remembers_options():
+    loss = registry.create("loss", "batch_softmax", similarity="l2")
+    assert loss.config() == {"similarity": "l2"}
+    assert loss._registry_name == "batch_softmax"
+
+
+def test_in_process_register_and_unregister(clean_registry):
+    plugin = ExtraPlugin()
+    assert "extra_for_test" not in compose_retrieval.list_combiners()
+    name = compose_retrieval.register_plugin(plugin, name="extra")
+    assert name == "extra"
+    assert "extra_for_test" in compose_retrieval.list_combiners()
+    assert registry.describe("combiner", "extra_for_test") == [("extra_for_test", "An in-process test combiner.", "extra")]
+    assert isinstance(compose_retrieval.create("combiner", "extra_for_test", 32, 32, 32), _Extra)
+    compose_retrieval.unregister_plugin(plugin)
+    assert "extra_for_test" not in compose_retrieval.list_combiners()
+
+    compose_retrieval.register_plugin(plugin, name="extra")
+    assert "extra_for_test" in compose_retrieval.list_combiners()
+    compose_retrieval.unregister_plugin("extra")  # by name
+    assert "extra_for_test" not in compose_retrieval.list_combiners()
+
+
+def test_registering_a_taken_plugin_name_is_a_library_error(clean_registry):
+    """register_plugin documents ComposeRetrievalError for a name already registered."""
+    with pytest.raises(ComposeRetrievalError, match="combiners"):
+        compose_retrieval.register_plugin(ExtraPlugin(), name="combiners")
+    assert compose_retrieval.list_combiners() == sorted(BUILTIN_COMBINERS)
+
+
+def test_duplicate_name_names_both_plugins(clean_registry):
+    compose_retrieval.register_plugin(DuplicatePlugin(), name="dup_plugin")
+    with pytest.raises(DuplicateNameError) as info:
+        compose_retrieval.list_combiners()
+    message = str(info.value)
+    assert "'tirg'" in message
+    assert "'combiners'" in message and "'dup_plugin'" in message
+    # other kinds are unaffected, and removing the culprit heals the registry
+    assert compose_retrieval.list_losses() == ["batch_softmax", "soft_triplet"]
+    compose_retrieval.unregister_plugin("dup_plugin")
+    assert compose_retrieval.list_combiners() == sorted(BUILTIN_COMBINERS)
+
+
+def test_failing_hook_warns_and_is_skipped(clean_registry):
+    compose_retrieval.register_plugin(FailingHookPlugin(), name="failing")
+    with pytest.warns(RuntimeWarning, match="'failing'.*boom in the hook"):
+        names = compose_retrieval.list_combiners()
+    assert names == sorted(BUILTIN_COMBINERS)
+
+
+def test_broken_plugin_warns_and_the_rest_loads(tmp_path):
+    write_dist_info(tmp_path, "broken-plugin", "0.1", "[compose_retrieval]\nbroken = broken_plugin_mod\n")
+    (tmp_path / "broken_plugin_mod.py").write_text('raise ImportError("this plugin needs a missing library")\n')
+    with plugin_paths(tmp_path):
+        with pytest.warns(RuntimeWarning) as record:
+            combiners = compose_retrieval.list_combiners()
+        messages = [str(w.message) for w in record if issubclass(w.category, RuntimeWarning)]
+        assert any("'broken'" in m and "ImportError" in m and "missing library" in m for m in messages), messages
+        assert combiners == sorted(BUILTIN_COMBINERS)
+        assert compose_retrieval.list_losses() == ["batch_softmax", "soft_triplet"]
+        assert "broken" not in dict(registry.get_plugin_manager().list_name_plugin())
+        assert "combiners" in dict(registry.get_plugin_manager().list_name_plugin())
+    # after teardown the broken distribution is gone: no warning any more
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert compose_retrieval.list_combiners() == sorted(BUILTIN_COMBINERS)
