@@ -148,6 +148,46 @@ def train(
 
 
 @app.command()
+def compare(
+    combiners: Optional[List[str]] = typer.Option(None, "--combiner", help="Combiners to compare (repeatable; default: all)."),
+    seeds: int = typer.Option(1, help="Seeds 0..N-1 for every combiner."),
+    seeds_for: Optional[List[str]] = typer.Option(None, help="More seeds for some combiners: NAME=N (repeatable)."),
+    dataset: str = typer.Option("css-synthetic", help="Training and test data (see `list datasets`)."),
+    data_root: Optional[str] = typer.Option(None, help="Where the dataset's files are (not for css-synthetic)."),
+    dataset_opt: Optional[List[str]] = typer.Option(None, help="Dataset option KEY=VALUE (repeatable)."),
+    recipe: str = typer.Option("cpu", help="Training recipe shared by every run."),
+    steps: Optional[int] = typer.Option(None, help="Training steps (overrides the recipe)."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda, ..."),
+    out: Path = typer.Option(Path("runs/compare"), help="Run directories and comparison.md / comparison.csv go here."),
+) -> None:
+    """Train every combiner with one recipe and the same seeds; write one table (Markdown and CSV)."""
+    from .compare import run_comparison, write_tables
+    from .training import TrainConfig
+
+    with errors_as_exit():
+        names = combiners or registry.list_combiners()
+        for name in names:
+            registry.get_entry("combiner", name)
+        counts = {name: seeds for name in names}
+        for name, n in parse_options(seeds_for, "--seeds-for").items():
+            registry.get_entry("combiner", name)
+            counts[name] = int(n)
+        base = TrainConfig.from_recipe(
+            recipe, dataset=dataset, data_root=data_root, dataset_options=parse_options(dataset_opt, "dataset"),
+            steps=steps, device=device,
+        )
+        base.validate()
+
+        def report(name: str, seed: int, metrics: dict[str, Any]) -> None:
+            console.print(f"{name} seed {seed}: recall@1 {metrics['recall@1']:.4f}")
+
+        rows = run_comparison(base, names, {n: range(counts[n]) for n in names}, out, on_run=report)
+        md, csv_path = write_tables(rows, out)
+    console.print(md.read_text())
+    console.print(f"tables: {md} {csv_path}")
+
+
+@app.command()
 def evaluate(
     path: Path = typer.Argument(..., help="A run directory or a checkpoint (.safetensors) file."),
     data_root: Optional[str] = typer.Option(None, help="Override the dataset location recorded in the checkpoint."),

@@ -73,6 +73,14 @@ class ImageEncoder(Component):
     def head(self, feature_map: Tensor) -> Tensor:
         raise NotImplementedError
 
+    def feature_blocks(self) -> list[tuple[nn.Module, int]]:
+        """(module, channels) of the blocks whose outputs are the successive feature maps.
+
+        The last is the map ``features`` returns. A combiner that conditions the CNN
+        itself (film) hooks these modules. Default: none exposed.
+        """
+        return []
+
     def forward(self, images: Tensor) -> ImageFeatures:
         feature_map = self.features(images)
         return ImageFeatures(self.head(feature_map), feature_map)
@@ -94,17 +102,26 @@ class TextEncoder(Component):
 class Combiner(Component):
     """Composes image and text features into a query.
 
-    Built as ``Combiner(image_dim, text_dim, embed_dim, map_channels=..., token_dim=...,
-    **options)``. ``forward`` returns either a (B, embed_dim) vector or a
-    (B, map_channels, H, W) map; the model passes a map through the image encoder's
-    head. ``uses_image`` / ``uses_text`` / ``uses_feature_map`` / ``uses_tokens``
-    declare what it reads (the lower-bound baselines ignore one input).
+    Built as ``Combiner(image_dim, text_dim, embed_dim, **options)``, plus whichever
+    of the keyword arguments ``map_channels`` (channels of the image feature map),
+    ``token_dim`` (size of the text's per-token states) and ``block_channels``
+    (channels of each of ``ImageEncoder.feature_blocks``) its signature names.
+    ``forward`` returns either a (B, embed_dim) vector or a (B, map_channels, H, W)
+    map; the model passes a map through the image encoder's head. ``uses_image`` /
+    ``uses_text`` / ``uses_feature_map`` / ``uses_tokens`` declare what it reads (the
+    lower-bound baselines ignore one input).
     """
 
     uses_image: ClassVar[bool] = True
     uses_text: ClassVar[bool] = True
     uses_feature_map: ClassVar[bool] = False
     uses_tokens: ClassVar[bool] = False
+    conditions_image_encoder: ClassVar[bool] = False
+    """True when ``image_features`` runs the image encoder under the text's influence."""
+
+    def image_features(self, encoder: ImageEncoder, images: Tensor, text: TextFeatures) -> ImageFeatures:
+        """The reference images' features. A combiner that conditions the CNN on the text overrides this."""
+        return encoder(images)
 
     def forward(self, image: ImageFeatures, text: TextFeatures) -> Tensor:
         raise NotImplementedError

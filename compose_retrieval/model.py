@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import inspect
 from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
@@ -12,7 +13,7 @@ from torch import Tensor, nn
 
 from . import registry
 from .errors import ComposeRetrievalError
-from .interfaces import Combiner, ImageEncoder, Preprocessing, TextEncoder
+from .interfaces import Combiner, ImageEncoder, ImageFeatures, Preprocessing, TextEncoder, TextFeatures
 
 
 @dataclass
@@ -86,8 +87,8 @@ class ComposedRetrievalModel(nn.Module):
         """Move to ``device`` in channels-last layout (faster convolutions on CPU and GPU); returns self."""
         return self.to(device).to(memory_format=torch.channels_last)
 
-    def _compose(self, image_features, texts: Sequence[str]) -> Tensor:
-        composed = self.combiner(image_features, self.text_encoder(list(texts)))
+    def _compose(self, image_features: ImageFeatures, text: TextFeatures) -> Tensor:
+        composed = self.combiner(image_features, text)
         if composed.dim() == 4:  # a modified feature map: pool and project like any gallery image
             composed = self.image_encoder.head(composed)
         return self.normalization(composed)
@@ -98,14 +99,20 @@ class ComposedRetrievalModel(nn.Module):
     def compose(self, images: Tensor, texts: Sequence[str]) -> Tensor:
         if len(texts) != images.shape[0]:
             raise ComposeRetrievalError(f"compose: {images.shape[0]} images but {len(texts)} texts")
-        return self._compose(self.image_encoder(images), texts)
+        text = self.text_encoder(list(texts))
+        return self._compose(self.combiner.image_features(self.image_encoder, images, text), text)
 
     def forward(self, sources: Tensor, texts: Sequence[str], targets: Tensor) -> tuple[Tensor, Tensor]:
-        n = sources.shape[0]
-        features = self.image_encoder(torch.cat([sources, targets]))
-        source_features = type(features)(*(f[:n] for f in features))
-        target_embeddings = self.normalization(features.pooled[n:])
-        return self._compose(source_features, texts), target_embeddings
+        text = self.text_encoder(list(texts))
+        if self.combiner.conditions_image_encoder:
+            source_features = self.combiner.image_features(self.image_encoder, sources, text)
+            target_embeddings = self.normalization(self.image_encoder(targets).pooled)
+        else:  # one encoder pass over sources and targets together
+            n = sources.shape[0]
+            features = self.image_encoder(torch.cat([sources, targets]))
+            source_features = ImageFeatures(*(f[:n] for f in features))
+            target_embeddings = self.normalization(features.pooled[n:])
+        return self._compose(source_features, text), target_embeddings
 
     def extra_state_metadata(self) -> dict[str, Any]:
         """Non-tensor state of the components (a vocabulary), keyed by component."""
@@ -129,14 +136,19 @@ def build_model(spec: ModelSpec | dict[str, Any], preprocessing: Preprocessing |
         "image_encoder", spec.image_encoder.name, out_dim=spec.embed_dim, **spec.image_encoder.options
     )
     text_encoder = registry.create("text_encoder", spec.text_encoder.name, out_dim=spec.embed_dim, **spec.text_encoder.options)
+    provided = {
+        "map_channels": image_encoder.map_channels,
+        "token_dim": text_encoder.token_dim,
+        "block_channels": [channels for _, channels in image_encoder.feature_blocks()],
+    }
+    wanted = inspect.signature(registry.get_entry("combiner", spec.combiner.name).factory).parameters
     combiner = registry.create(
         "combiner",
         spec.combiner.name,
         image_encoder.out_dim,
         text_encoder.out_dim,
         spec.embed_dim,
-        map_channels=image_encoder.map_channels,
-        token_dim=text_encoder.token_dim,
+        **{k: v for k, v in provided.items() if k in wanted},
         **spec.combiner.options,
     )
     return ComposedRetrievalModel(image_encoder, text_encoder, combiner, spec.normalization_scale, spec, preprocessing)

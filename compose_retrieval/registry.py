@@ -162,7 +162,7 @@ def create(kind: str, name: str, *args: Any, **options: Any) -> Any:
 
 
 # Arguments the engine passes itself; a user never sets them as options.
-ENGINE_ARGUMENTS = {"image_dim", "text_dim", "embed_dim", "map_channels", "token_dim", "out_dim", "data_root"}
+ENGINE_ARGUMENTS = {"image_dim", "text_dim", "embed_dim", "map_channels", "token_dim", "block_channels", "out_dim", "data_root"}
 
 
 def check_options(kind: str, name: str, options: dict[str, Any]) -> None:

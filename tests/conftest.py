@@ -29,7 +29,10 @@ EMBED_DIM = 32
 TINY_IMAGE_ENCODER = ComponentSpec("timm", {"model_name": "test_resnet"})
 TINY_TEXT_ENCODER_OPTIONS = {"word_dim": 16, "hidden_dim": 16}
 TINY_DATASET = {"train_scenes": 48, "test_scenes": 16, "image_size": 32}
-BUILTIN_COMBINERS = ["concat", "image_only", "text_only", "tirg", "tirg_lastconv"]
+BUILTIN_COMBINERS = [
+    "attribute_operator", "concat", "film", "image_only", "mrn", "param_hashing",
+    "relationship", "show_and_tell", "text_only", "tirg", "tirg_lastconv",
+]
 
 SAMPLE_TEXTS = [
     "add small red circle to top-left",

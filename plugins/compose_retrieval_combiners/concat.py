@@ -14,7 +14,7 @@ class Concat(Combiner):
     """
 
     def __init__(
-        self, image_dim: int, text_dim: int, embed_dim: int, *, map_channels: int = 0, token_dim: int = 0, dropout: float = 0.1
+        self, image_dim: int, text_dim: int, embed_dim: int, *, dropout: float = 0.1
     ):
         super().__init__()
         width = image_dim + text_dim

@@ -10,7 +10,7 @@ class ImageOnly(Combiner):
 
     uses_text = False
 
-    def __init__(self, image_dim: int, text_dim: int, embed_dim: int, *, map_channels: int = 0, token_dim: int = 0):
+    def __init__(self, image_dim: int, text_dim: int, embed_dim: int):
         super().__init__()
 
     def forward(self, image: ImageFeatures, text: TextFeatures) -> Tensor:
@@ -22,7 +22,7 @@ class TextOnly(Combiner):
 
     uses_image = False
 
-    def __init__(self, image_dim: int, text_dim: int, embed_dim: int, *, map_channels: int = 0, token_dim: int = 0):
+    def __init__(self, image_dim: int, text_dim: int, embed_dim: int):
         super().__init__()
         self.proj = nn.Identity() if text_dim == embed_dim else nn.Linear(text_dim, embed_dim)
 

@@ -21,8 +21,6 @@ class TIRG(Combiner):
         text_dim: int,
         embed_dim: int,
         *,
-        map_channels: int = 0,
-        token_dim: int = 0,
         gate_weight: float = 1.0,
         residual_weight: float = 10.0,
     ):
@@ -60,7 +58,6 @@ class TIRGLastConv(Combiner):
         embed_dim: int,
         *,
         map_channels: int,
-        token_dim: int = 0,
         gate_weight: float = 1.0,
         residual_weight: float = 10.0,
     ):

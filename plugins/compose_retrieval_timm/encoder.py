@@ -43,5 +43,9 @@ class TimmImageEncoder(ImageEncoder):
             x = x.transpose(1, 2).reshape(x.shape[0], x.shape[2], side, side)
         return x
 
+    def feature_blocks(self) -> list[tuple[nn.Module, int]]:
+        info = getattr(self.body, "feature_info", None) or []
+        return [(self.body.get_submodule(i["module"]), i["num_chs"]) for i in info if i.get("module")]
+
     def head(self, feature_map: Tensor) -> Tensor:
         return self.fc(torch.flatten(self.pool(feature_map), 1))

@@ -9,7 +9,7 @@ from compose_retrieval import Combiner, hookimpl
 class GatedSum(Combiner):
     """A per-dimension learned gate mixes the image vector with the projected text vector."""
 
-    def __init__(self, image_dim, text_dim, embed_dim, *, map_channels=0, token_dim=0, hidden: int = 256):
+    def __init__(self, image_dim, text_dim, embed_dim, *, hidden: int = 256):
         super().__init__()
         self.text_proj = nn.Linear(text_dim, embed_dim)
         self.gate = nn.Sequential(nn.Linear(image_dim + text_dim, hidden), nn.ReLU(), nn.Linear(hidden, embed_dim))

@@ -1,0 +1,86 @@
+"""Train several combiners under one recipe and several seeds, and tabulate them (Markdown and CSV)."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import statistics
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from .checkpoint import atomic_write, read_metadata
+from .model import ComponentSpec
+from .training import CHECKPOINT_NAME, TrainConfig, train
+
+REPORTED = ("recall@1", "recall@5", "recall@10")
+
+
+def run_comparison(
+    base: TrainConfig,
+    combiners: Sequence[str],
+    seeds: dict[str, Sequence[int]],
+    out_dir: str | Path,
+    *,
+    progress: bool = False,
+    on_run: Callable[[str, int, dict[str, Any]], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Train each combiner with each of its seeds into ``out_dir/NAME-seedS``; return one row per combiner.
+
+    A run whose directory already holds a checkpoint is not trained again: its recorded
+    metrics are reused, so an interrupted comparison resumes where it stopped.
+    """
+    out_dir = Path(out_dir)
+    rows = []
+    for name in combiners:
+        results = []
+        for seed in seeds[name]:
+            run_dir = out_dir / f"{name}-seed{seed}"
+            if (run_dir / CHECKPOINT_NAME).exists():
+                metrics = read_metadata(run_dir / CHECKPOINT_NAME)["metrics"]
+            else:
+                model = dataclasses.replace(base.model, combiner=ComponentSpec(name, {}))
+                config = dataclasses.replace(base, model=model, seed=seed, run_dir=str(run_dir))
+                metrics = train(config, progress=progress).metrics
+            results.append(metrics)
+            if on_run:
+                on_run(name, seed, metrics)
+        rows.append(summarise(name, results, base.batch_size * 2))
+    return rows
+
+
+def summarise(name: str, results: list[dict[str, Any]], images_per_step: int) -> dict[str, Any]:
+    row: dict[str, Any] = {"combiner": name, "seeds": len(results)}
+    for key in REPORTED:
+        values = [r[key] for r in results]
+        row[key] = statistics.mean(values)
+        row[f"{key} std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+    speed = [r["step"] / r["train_seconds"] for r in results if r.get("train_seconds")]
+    row["steps/s"] = statistics.mean(speed) if speed else float("nan")
+    row["images/s"] = row["steps/s"] * images_per_step
+    return row
+
+
+def to_markdown(rows: list[dict[str, Any]]) -> str:
+    head = "| combiner | seeds | " + " | ".join(f"{k} (mean ± std)" for k in REPORTED) + " | train steps/s | images/s |"
+    lines = [head, "|---|---:|" + "---:|" * len(REPORTED) + "---:|---:|"]
+    for r in sorted(rows, key=lambda r: -r["recall@1"]):
+        cells = " | ".join(f"{100 * r[k]:.1f} ± {100 * r[k + ' std']:.1f}" for k in REPORTED)
+        lines.append(f"| {r['combiner']} | {r['seeds']} | {cells} | {r['steps/s']:.2f} | {r['images/s']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(rows: list[dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def write_tables(rows: list[dict[str, Any]], out_dir: str | Path) -> tuple[Path, Path]:
+    out_dir = Path(out_dir)
+    md, cs = out_dir / "comparison.md", out_dir / "comparison.csv"
+    atomic_write(md, lambda tmp: Path(tmp).write_text(to_markdown(rows)))
+    atomic_write(cs, lambda tmp: Path(tmp).write_text(to_csv(rows)))
+    return md, cs
