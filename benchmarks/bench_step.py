@@ -6,8 +6,8 @@ training step the engine runs: image and text encoders, combiner, normalisation,
 loss, backward and the optimizer step. The ratio step / floor is what a combiner
 costs on top of the backbone.
 
-    python benchmarks/bench_step.py                      # every registered combiner, CPU defaults
-    python benchmarks/bench_step.py --combiners tirg concat --device cuda --batch-size 32 --image-size 224
+    python benchmarks/bench_step.py                      # every registered combiner, the cpu recipe's backbone
+    python benchmarks/bench_step.py --combiners tirg concat --backbone resnet18 --device cuda --image-size 224
 
 Timings interleave the floor and each combiner, repeat, and report medians, so a
 noisy machine moves both alike.
@@ -23,7 +23,7 @@ import torch
 
 import compose_retrieval as cr
 from compose_retrieval.model import ComponentSpec, ModelSpec, build_model
-from compose_retrieval.training import TrainConfig, make_optimizer
+from compose_retrieval.training import TrainConfig, make_optimizer, recipe_backbone
 
 TEXTS = ["make red circle at top-left blue", "add large gray triangle to bottom-right", "remove cyan rectangle"]
 
@@ -45,7 +45,7 @@ def _time(fn, device: torch.device, iters: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--combiners", nargs="*", default=None, help="default: every registered combiner")
-    parser.add_argument("--backbone", default="resnet18")
+    parser.add_argument("--backbone", default=None, help="a timm model name (default: the cpu recipe's half-width ResNet-18)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--device", default="cpu")
@@ -61,12 +61,14 @@ def main() -> None:
     targets = torch.randn(b, 3, s, s, device=device).contiguous(memory_format=torch.channels_last)
     both = torch.cat([sources, targets])
     texts = [TEXTS[i % len(TEXTS)] for i in range(b)]
-    loss_fn = cr.create("loss", "soft_triplet")
-    config = TrainConfig()
+    loss_fn = cr.create("loss", "batch_softmax")
+    config = TrainConfig.from_recipe("cpu")
+    backbone = {"model_name": args.backbone} if args.backbone else recipe_backbone("cpu")
+    image_encoder = ComponentSpec("timm", backbone)
 
     steps = {}
     for name in combiners:
-        model = build_model(ModelSpec(combiner=ComponentSpec(name), image_encoder=ComponentSpec("timm", {"model_name": args.backbone})))
+        model = build_model(ModelSpec(combiner=ComponentSpec(name), image_encoder=image_encoder))
         model.text_encoder.fit(TEXTS)
         model.to(device).to(memory_format=torch.channels_last).train()
         optimizer = make_optimizer(model, config)
@@ -80,7 +82,7 @@ def main() -> None:
 
         steps[name] = step
 
-    floor_model = build_model(ModelSpec(image_encoder=ComponentSpec("timm", {"model_name": args.backbone}))).image_encoder.body
+    floor_model = build_model(ModelSpec(image_encoder=image_encoder)).image_encoder.body
     floor_model.to(device).to(memory_format=torch.channels_last).train()
 
     def floor():
@@ -98,7 +100,7 @@ def main() -> None:
             step_times[name].append(_time(fn, device, args.iters))
 
     floor_ms = statistics.median(floor_times) * 1000
-    print(f"device {device}, backbone {args.backbone}, batch {b} (+{b} targets), images {s}x{s}, "
+    print(f"device {device}, backbone {backbone}, batch {b} (+{b} targets), images {s}x{s}, "
           f"torch {torch.__version__}, threads {torch.get_num_threads()}")
     print(f"floor (backbone forward+backward on {2 * b} images): {floor_ms:.1f} ms\n")
     print("| combiner | step (ms) | step / floor |")

@@ -68,7 +68,7 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     """The decoded metadata of a checkpoint, without loading its tensors."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
+        raise CheckpointError(f"checkpoint not found: {path} (give a run directory or a .safetensors file)")
     try:
         from safetensors import safe_open
 

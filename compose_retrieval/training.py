@@ -59,7 +59,7 @@ class TrainConfig:
     protocol: str | None = None
     loss: str | None = None  # None: the dataset's default loss
     loss_options: dict[str, Any] = field(default_factory=dict)
-    recipe: str = "cpu"
+    recipe: str | None = None  # the named recipe these values came from (from_recipe), if any
     optimizer: str = "sgd"
     lr: float = 1e-2
     momentum: float = 0.9

@@ -28,7 +28,7 @@ EXAMPLE_PLUGIN_DIR = REPO_ROOT / "examples" / "plugin-example"
 EMBED_DIM = 32
 TINY_IMAGE_ENCODER = ComponentSpec("timm", {"model_name": "test_resnet"})
 TINY_TEXT_ENCODER_OPTIONS = {"word_dim": 16, "hidden_dim": 16}
-TINY_DATASET = {"train_scenes": 48, "test_scenes": 16, "image_size": 32}
+TINY_DATASET = {"train_scenes": 48, "test_scenes": 16, "mods_per_scene": 2, "image_size": 32}
 BUILTIN_COMBINERS = [
     "attribute_operator", "concat", "film", "image_only", "mrn", "param_hashing",
     "relationship", "show_and_tell", "text_only", "tirg", "tirg_lastconv",

@@ -15,7 +15,7 @@ from conftest import BUILTIN_COMBINERS
 
 TINY_TRAIN = [
     "--steps", "3", "--batch-size", "8", "--backbone", "test_resnet", "--embed-dim", "32",
-    "--dataset-opt", "train_scenes=48", "--dataset-opt", "test_scenes=16", "--dataset-opt", "image_size=32",
+    "--dataset-opt", "train_scenes=48", "--dataset-opt", "test_scenes=16", "--dataset-opt", "mods_per_scene=2", "--dataset-opt", "image_size=32",
     "--text-encoder-opt", "word_dim=16", "--text-encoder-opt", "hidden_dim=16",
     "--device", "cpu", "--no-progress",
 ]
@@ -108,7 +108,7 @@ def test_train_tiny(cli_run):
     assert config["steps"] == 3 and config["model"]["embed_dim"] == 32
     assert config["model"]["image_encoder"]["options"]["model_name"] == "test_resnet"
     assert config["model"]["text_encoder"]["options"] == {"word_dim": 16, "hidden_dim": 16}
-    assert config["dataset_options"] == {"train_scenes": 48, "test_scenes": 16, "image_size": 32}
+    assert config["dataset_options"] == {"train_scenes": 48, "test_scenes": 16, "mods_per_scene": 2, "image_size": 32}
     # the printed recall@1 is the one saved with the model
     saved = read_metadata(run_dir / CHECKPOINT_NAME)["metrics"]
     assert f"{saved['recall@1']:.4f}" in result.stdout

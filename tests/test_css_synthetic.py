@@ -55,7 +55,7 @@ def test_different_seed_differs(tiny_dataset):
 
 def test_split_sizes(tiny_dataset):
     train, test = tiny_dataset.splits["train"], tiny_dataset.splits["test"]
-    mods = 2  # the default mods_per_scene
+    mods = TINY_DATASET["mods_per_scene"]
     assert len(train.texts) == TINY_DATASET["train_scenes"] * mods
     assert len(test.texts) == TINY_DATASET["test_scenes"] * mods
     assert len(train.scenes) == TINY_DATASET["train_scenes"] * (1 + mods)
@@ -237,3 +237,18 @@ def test_duplicate_scenes_share_labels():
     for ids in duplicates:
         assert len({int(labels[i]) for i in ids}) == 1
     assert len(set(labels.tolist())) == len(by_key)
+
+
+def test_every_source_has_its_one_edit_siblings_in_the_gallery():
+    """Only the text tells apart the mods_per_scene one-edit neighbours of a source (as in CSS)."""
+    data = make(seed=5, train_scenes=8, test_scenes=20, mods_per_scene=4)
+    s = data.splits["test"]
+    by_source: dict[int, list[int]] = {}
+    for src, text, tgt in zip(s.sources, s.texts, s.targets):
+        by_source.setdefault(src, []).append(tgt)
+        assert int((s.scenes[src] != s.scenes[tgt]).sum()) == 1
+    assert len(by_source) == 20 and all(len(t) == 4 for t in by_source.values())
+    for src, targets in by_source.items():
+        assert len({scene_key(s.scenes[t]) for t in targets}) == 4  # four different neighbours
+        texts = [s.texts[i] for i, x in enumerate(s.sources) if x == src]
+        assert len(set(texts)) == 4

@@ -108,7 +108,7 @@ def test_bad_config_fails_before_training(tmp_path):
 def test_tirg_learns_beyond_chance():
     logged: list[dict] = []
     config = tiny_config(
-        steps=80, log_every=20, seed=0, dataset_options={"train_scenes": 64, "test_scenes": 32, "image_size": 32}
+        steps=80, log_every=20, seed=0, dataset_options={"train_scenes": 64, "test_scenes": 32, "mods_per_scene": 2, "image_size": 32}
     )
     result = train(config, progress=False, on_log=logged.append)
     gallery = result.metrics["gallery"]
