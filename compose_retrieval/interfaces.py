@@ -108,7 +108,8 @@ class Combiner(Component):
     (channels of each of ``ImageEncoder.feature_blocks``) its signature names.
     ``forward`` returns either a (B, embed_dim) vector or a (B, map_channels, H, W)
     map; the model passes a map through the image encoder's head. ``uses_image`` /
-    ``uses_text`` / ``uses_feature_map`` / ``uses_tokens`` declare what it reads (the
+    ``uses_text`` / ``uses_feature_map`` / ``uses_tokens`` declare what it reads; the
+    model skips an encoder whose output is unused and passes ``None`` in its place (the
     lower-bound baselines ignore one input).
     """
 
@@ -123,7 +124,7 @@ class Combiner(Component):
         """The reference images' features. A combiner that conditions the CNN on the text overrides this."""
         return encoder(images)
 
-    def forward(self, image: ImageFeatures, text: TextFeatures) -> Tensor:
+    def forward(self, image: ImageFeatures | None, text: TextFeatures | None) -> Tensor:
         raise NotImplementedError
 
 

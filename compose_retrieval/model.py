@@ -87,7 +87,7 @@ class ComposedRetrievalModel(nn.Module):
         """Move to ``device`` in channels-last layout (faster convolutions on CPU and GPU); returns self."""
         return self.to(device).to(memory_format=torch.channels_last)
 
-    def _compose(self, image_features: ImageFeatures, text: TextFeatures) -> Tensor:
+    def _compose(self, image_features: ImageFeatures | None, text: TextFeatures | None) -> Tensor:
         composed = self.combiner(image_features, text)
         if composed.dim() == 4:  # a modified feature map: pool and project like any gallery image
             composed = self.image_encoder.head(composed)
@@ -99,11 +99,14 @@ class ComposedRetrievalModel(nn.Module):
     def compose(self, images: Tensor, texts: Sequence[str]) -> Tensor:
         if len(texts) != images.shape[0]:
             raise ComposeRetrievalError(f"compose: {images.shape[0]} images but {len(texts)} texts")
-        text = self.text_encoder(list(texts))
-        return self._compose(self.combiner.image_features(self.image_encoder, images, text), text)
+        text = self.text_encoder(list(texts)) if self.combiner.uses_text else None
+        image = self.combiner.image_features(self.image_encoder, images, text) if self.combiner.uses_image else None
+        return self._compose(image, text)
 
     def forward(self, sources: Tensor, texts: Sequence[str], targets: Tensor) -> tuple[Tensor, Tensor]:
-        text = self.text_encoder(list(texts))
+        text = self.text_encoder(list(texts)) if self.combiner.uses_text else None
+        if not self.combiner.uses_image:
+            return self._compose(None, text), self.embed_images(targets)
         if self.combiner.conditions_image_encoder:
             source_features = self.combiner.image_features(self.image_encoder, sources, text)
             target_embeddings = self.normalization(self.image_encoder(targets).pooled)

@@ -13,7 +13,7 @@ class ImageOnly(Combiner):
     def __init__(self, image_dim: int, text_dim: int, embed_dim: int):
         super().__init__()
 
-    def forward(self, image: ImageFeatures, text: TextFeatures) -> Tensor:
+    def forward(self, image: ImageFeatures, text: None) -> Tensor:
         return image.pooled
 
 
@@ -26,5 +26,5 @@ class TextOnly(Combiner):
         super().__init__()
         self.proj = nn.Identity() if text_dim == embed_dim else nn.Linear(text_dim, embed_dim)
 
-    def forward(self, image: ImageFeatures, text: TextFeatures) -> Tensor:
+    def forward(self, image: None, text: TextFeatures) -> Tensor:
         return self.proj(text.sentence)
