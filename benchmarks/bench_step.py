@@ -69,12 +69,12 @@ def main() -> None:
     backbone = {"model_name": args.backbone} if args.backbone else recipe_backbone("cpu")
     image_encoder = ComponentSpec("timm", backbone)
 
-    floor_model = build_model(ModelSpec(image_encoder=image_encoder)).image_encoder.body
+    floor_model = build_model(ModelSpec(image_encoder=image_encoder)).image_encoder
     floor_model.to(device).to(memory_format=torch.channels_last).train()
 
     def floor():
         floor_model.zero_grad(set_to_none=True)
-        floor_model.forward_features(both).float().mean().backward()
+        floor_model.features(both).float().mean().backward()
 
     print(f"device {device}, backbone {backbone}, batch {b} (+{b} targets), images {s}x{s}, "
           f"torch {torch.__version__}, threads {torch.get_num_threads()}\n")

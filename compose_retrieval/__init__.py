@@ -3,7 +3,7 @@
 TIRG and the baselines of its paper are plugins of one engine; see DESIGN.md.
 """
 
-from .errors import CheckpointError, ComposeRetrievalError, DatasetError, DuplicateNameError, UnknownNameError
+from .errors import CheckpointError, ComposeRetrievalError, DatasetError, DuplicateNameError, OptionError, UnknownNameError
 from .hookspecs import hookimpl
 from .interfaces import (
     Combiner,

@@ -95,7 +95,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     meta = read_metadata(path)
     spec = ModelSpec.from_dict(meta["model"])
     try:
-        model = build_model(spec, Preprocessing.from_dict(meta["preprocessing"]) if meta["preprocessing"] else None)
+        preprocessing = Preprocessing.from_dict(meta["preprocessing"]) if meta["preprocessing"] else None
+        model = build_model(spec, preprocessing, for_checkpoint=True)
     except UnknownNameError as exc:
         raise CheckpointError(
             f"{path} needs the {exc.kind} {exc.name!r}, which no installed plugin provides; "

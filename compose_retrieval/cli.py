@@ -15,7 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from . import registry
-from .errors import ComposeRetrievalError, UnknownNameError
+from .errors import ComposeRetrievalError, OptionError, UnknownNameError
 
 app = typer.Typer(
     help="Composed image retrieval: train, evaluate and list TIRG and its baselines.",
@@ -112,6 +112,11 @@ def train(
 
     with errors_as_exit():
         image_options: dict[str, Any] = {}
+        if image_encoder != "timm" and (backbone or pretrained):
+            raise OptionError(
+                f"--backbone and --pretrained choose a timm model; for the image encoder {image_encoder!r} "
+                "use --image-encoder-opt KEY=VALUE"
+            )
         if image_encoder == "timm":
             image_options = {"model_name": backbone, "pretrained": pretrained} if backbone else recipe_backbone(recipe, pretrained)
         spec = ModelSpec(

@@ -11,7 +11,8 @@ from typing import Any, Callable, Sequence
 
 from .checkpoint import atomic_write, read_metadata
 from .model import ComponentSpec
-from .training import CHECKPOINT_NAME, TrainConfig, train
+from .errors import ComposeRetrievalError
+from .training import CHECKPOINT_NAME, TrainConfig, recipe_of, train
 
 REPORTED = ("recall@1", "recall@5", "recall@10")
 
@@ -36,17 +37,32 @@ def run_comparison(
         results = []
         for seed in seeds[name]:
             run_dir = out_dir / f"{name}-seed{seed}"
+            model = dataclasses.replace(base.model, combiner=ComponentSpec(name, {}))
+            config = dataclasses.replace(base, model=model, seed=seed, run_dir=str(run_dir))
             if (run_dir / CHECKPOINT_NAME).exists():
-                metrics = read_metadata(run_dir / CHECKPOINT_NAME)["metrics"]
+                metrics = _reuse(run_dir / CHECKPOINT_NAME, config)
             else:
-                model = dataclasses.replace(base.model, combiner=ComponentSpec(name, {}))
-                config = dataclasses.replace(base, model=model, seed=seed, run_dir=str(run_dir))
                 metrics = train(config, progress=progress).metrics
             results.append(metrics)
             if on_run:
                 on_run(name, seed, metrics)
         rows.append(summarise(name, results, base.batch_size * 2))
     return rows
+
+
+def _reuse(checkpoint: Path, config: TrainConfig) -> dict[str, Any]:
+    """The metrics of a finished run, if it was trained with this config's recipe."""
+    saved = read_metadata(checkpoint)["recipe"] or {}
+    # a loss or protocol left to the dataset (None) is saved as the name it resolved to
+    wanted = {k: v for k, v in recipe_of(config).items() if not (k in ("loss", "protocol") and v is None)}
+    differ = [k for k, v in wanted.items() if saved.get(k) != v]
+    if differ:
+        k = differ[0]
+        raise ComposeRetrievalError(
+            f"{checkpoint.parent} was trained with another recipe ({k}: {saved.get(k)!r}, now {wanted[k]!r}); "
+            "choose another --out, or remove that run to train it again"
+        )
+    return read_metadata(checkpoint)["metrics"]
 
 
 def summarise(name: str, results: list[dict[str, Any]], images_per_step: int) -> dict[str, Any]:

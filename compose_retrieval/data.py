@@ -7,6 +7,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from .errors import DatasetError
 from .interfaces import Preprocessing
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -33,7 +34,7 @@ class Triplets(torch.utils.data.Dataset):
 
     def __init__(self, images: torch.utils.data.Dataset, sources: Sequence[int], texts: Sequence[str], targets: Sequence[int]):
         if not (len(sources) == len(texts) == len(targets)):
-            raise ValueError("sources, texts and targets differ in length")
+            raise DatasetError(f"triplets: sources, texts and targets differ in length ({len(sources)}, {len(texts)}, {len(targets)})")
         self.images, self.sources, self.texts, self.targets = images, list(sources), list(texts), list(targets)
 
     def __len__(self) -> int:

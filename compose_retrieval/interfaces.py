@@ -15,6 +15,8 @@ from typing import Any, ClassVar, Iterable, NamedTuple, Sequence
 import torch
 from torch import Tensor, nn
 
+from .errors import DatasetError
+
 
 class ImageFeatures(NamedTuple):
     """What an image encoder returns for a batch of images."""
@@ -47,6 +49,15 @@ class Component(nn.Module):
 
     def config(self) -> dict[str, Any]:
         return dict(getattr(self, "_options", {}))
+
+    @classmethod
+    def options_for_loading(cls, options: dict[str, Any]) -> dict[str, Any]:
+        """The options that rebuild the architecture when a checkpoint supplies every weight.
+
+        A component that fetches initial weights (``pretrained=True``) turns that off
+        here, so a checkpoint loads offline, years later, without a download.
+        """
+        return options
 
     def extra_state_metadata(self) -> dict[str, Any]:
         """JSON-able state that is not a tensor (a vocabulary, a tokenizer name)."""
@@ -81,6 +92,14 @@ class ImageEncoder(Component):
         """
         return []
 
+    def backbone(self) -> nn.Module | None:
+        """The feature extractor that may carry pretrained weights (no head), or None.
+
+        Training scales its learning rate by ``backbone_lr_scale`` (the paper trains a
+        pretrained body at 0.1 x lr on real images). Default: None, no separate rate.
+        """
+        return None
+
     def forward(self, images: Tensor) -> ImageFeatures:
         feature_map = self.features(images)
         return ImageFeatures(self.head(feature_map), feature_map)
@@ -108,19 +127,16 @@ class Combiner(Component):
     (channels of each of ``ImageEncoder.feature_blocks``) its signature names.
     ``forward`` returns either a (B, embed_dim) vector or a (B, map_channels, H, W)
     map; the model passes a map through the image encoder's head. ``uses_image`` /
-    ``uses_text`` / ``uses_feature_map`` / ``uses_tokens`` declare what it reads; the
-    model skips an encoder whose output is unused and passes ``None`` in its place (the
-    lower-bound baselines ignore one input).
+    ``uses_text`` declare what it reads; the model skips an encoder whose output is
+    unused and passes ``None`` in its place (the lower-bound baselines ignore one input).
     """
 
     uses_image: ClassVar[bool] = True
     uses_text: ClassVar[bool] = True
-    uses_feature_map: ClassVar[bool] = False
-    uses_tokens: ClassVar[bool] = False
     conditions_image_encoder: ClassVar[bool] = False
     """True when ``image_features`` runs the image encoder under the text's influence."""
 
-    def image_features(self, encoder: ImageEncoder, images: Tensor, text: TextFeatures) -> ImageFeatures:
+    def image_features(self, encoder: ImageEncoder, images: Tensor, text: TextFeatures | None) -> ImageFeatures:
         """The reference images' features. A combiner that conditions the CNN on the text overrides this."""
         return encoder(images)
 
@@ -160,12 +176,12 @@ class RetrievalProtocol:
     def __post_init__(self) -> None:
         n = len(self.query_texts)
         if n == 0:
-            raise ValueError(f"protocol {self.name!r} has no queries")
+            raise DatasetError(f"protocol {self.name!r} has no queries")
         if len(self.query_sources) != n or len(self.query_exclude) != n:
-            raise ValueError(f"protocol {self.name!r}: query fields differ in length")
+            raise DatasetError(f"protocol {self.name!r}: query fields differ in length")
         for view, labels in self.query_labels.items():
             if len(labels) != n or len(self.gallery_labels[view]) != len(self.gallery):
-                raise ValueError(f"protocol {self.name!r}: labels of view {view!r} do not match")
+                raise DatasetError(f"protocol {self.name!r}: labels of view {view!r} do not match")
 
 
 @dataclass

@@ -130,15 +130,29 @@ class ComposedRetrievalModel(nn.Module):
             getattr(self, key).load_extra_state_metadata(value)
 
 
-def build_model(spec: ModelSpec | dict[str, Any], preprocessing: Preprocessing | None = None) -> ComposedRetrievalModel:
-    """Build a model from its spec through the registry (weights freshly initialised)."""
+def build_model(
+    spec: ModelSpec | dict[str, Any], preprocessing: Preprocessing | None = None, *, for_checkpoint: bool = False
+) -> ComposedRetrievalModel:
+    """Build a model from its spec through the registry (weights freshly initialised).
+
+    ``for_checkpoint``: the weights will come from a checkpoint, so no component
+    fetches initial weights (see ``Component.options_for_loading``).
+    """
     if isinstance(spec, dict):
         spec = ModelSpec.from_dict(spec)
     spec = copy.deepcopy(spec)
+
+    def options(kind: str, component: ComponentSpec) -> dict[str, Any]:
+        registry.check_options(kind, component.name, component.options)
+        loading = getattr(registry.get_entry(kind, component.name).factory, "options_for_loading", None)
+        return loading(dict(component.options)) if for_checkpoint and loading else component.options
+
     image_encoder = registry.create(
-        "image_encoder", spec.image_encoder.name, out_dim=spec.embed_dim, **spec.image_encoder.options
+        "image_encoder", spec.image_encoder.name, out_dim=spec.embed_dim, **options("image_encoder", spec.image_encoder)
     )
-    text_encoder = registry.create("text_encoder", spec.text_encoder.name, out_dim=spec.embed_dim, **spec.text_encoder.options)
+    text_encoder = registry.create(
+        "text_encoder", spec.text_encoder.name, out_dim=spec.embed_dim, **options("text_encoder", spec.text_encoder)
+    )
     provided = {
         "map_channels": image_encoder.map_channels,
         "token_dim": text_encoder.token_dim,
@@ -152,6 +166,6 @@ def build_model(spec: ModelSpec | dict[str, Any], preprocessing: Preprocessing |
         text_encoder.out_dim,
         spec.embed_dim,
         **{k: v for k, v in provided.items() if k in wanted},
-        **spec.combiner.options,
+        **options("combiner", spec.combiner),
     )
     return ComposedRetrievalModel(image_encoder, text_encoder, combiner, spec.normalization_scale, spec, preprocessing)

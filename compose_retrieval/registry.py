@@ -18,7 +18,7 @@ from typing import Any, Callable
 import pluggy
 
 from . import hookspecs
-from .errors import ComposeRetrievalError, DuplicateNameError, UnknownNameError
+from .errors import ComposeRetrievalError, DuplicateNameError, OptionError, UnknownNameError
 from .interfaces import Registered
 
 # kind -> hook name. The kind is what errors and `compose-retrieval list` call it.
@@ -151,8 +151,13 @@ def get_entry(kind: str, name: str) -> Registered:
 def create(kind: str, name: str, *args: Any, **options: Any) -> Any:
     """Build the component ``name`` of ``kind`` with ``options``; it remembers its options."""
     entry = get_entry(kind, name)
-    check_options(kind, name, options)
-    obj = entry.factory(*args, **options)
+    check_options(kind, name, options, engine_arguments=True)
+    try:
+        obj = entry.factory(*args, **options)
+    except (TypeError, ValueError) as exc:
+        if not options or isinstance(exc, ComposeRetrievalError):
+            raise
+        raise OptionError(f"{_display(kind)} {name!r} cannot be built with options {options}: {exc}") from exc
     try:
         obj._options = dict(options)
         obj._registry_name = name
@@ -165,8 +170,12 @@ def create(kind: str, name: str, *args: Any, **options: Any) -> Any:
 ENGINE_ARGUMENTS = {"image_dim", "text_dim", "embed_dim", "map_channels", "token_dim", "block_channels", "out_dim", "data_root"}
 
 
-def check_options(kind: str, name: str, options: dict[str, Any]) -> None:
-    """Unknown option names are a one-line error listing the options that exist."""
+def check_options(kind: str, name: str, options: dict[str, Any], *, engine_arguments: bool = False) -> None:
+    """Unknown option names are a one-line error listing the options that exist.
+
+    A user's options may not name the sizes the engine passes itself (ENGINE_ARGUMENTS);
+    ``engine_arguments=True`` allows them, for the engine's own calls.
+    """
     entry = get_entry(kind, name)
     try:
         params = inspect.signature(entry.factory).parameters
@@ -177,11 +186,16 @@ def check_options(kind: str, name: str, options: dict[str, Any]) -> None:
     accepted = [n for n, p in params.items() if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
     settable = [n for n in accepted if n not in ENGINE_ARGUMENTS]
     for key in options:
+        if key in ENGINE_ARGUMENTS and key in accepted and not engine_arguments:
+            raise OptionError(
+                f"{_display(kind)} {entry.name!r}: {key!r} is set by the engine, not as an option"
+                f" (sizes follow --embed-dim and the encoders). Its options: {', '.join(settable) or 'none'}."
+            )
         if key not in accepted:
             close = difflib.get_close_matches(key, settable, n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
             listing = ", ".join(settable) or "none"
-            raise ComposeRetrievalError(f"{_display(kind)} {entry.name!r} has no option {key!r}.{hint} Its options: {listing}.")
+            raise OptionError(f"{_display(kind)} {entry.name!r} has no option {key!r}.{hint} Its options: {listing}.")
 
 
 def describe(kind: str, pattern: str = "*") -> list[tuple[str, str, str]]:

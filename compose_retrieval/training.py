@@ -150,8 +150,13 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def recipe_of(config: TrainConfig) -> dict[str, Any]:
+    """What a run learned from (JSON values): the config without where or how fast it ran."""
+    return json.loads(json.dumps({k: v for k, v in config.to_dict().items() if k not in _NOT_RECIPE}))
+
+
 def make_optimizer(model: ComposedRetrievalModel, config: TrainConfig) -> torch.optim.Optimizer:
-    body = getattr(model.image_encoder, "body", None)
+    body = model.image_encoder.backbone()
     body_params = {id(p) for p in body.parameters()} if body is not None else set()
     groups = [
         {"params": [p for p in model.parameters() if p.requires_grad and id(p) not in body_params], "lr_scale": 1.0},
@@ -197,6 +202,8 @@ class MetricsLog:
 
     def __init__(self, run_dir: Path | None):
         self.path = run_dir / "metrics.jsonl" if run_dir else None
+        if self.path:  # a run starts from step 0: the lines of an interrupted attempt are stale
+            self.path.write_text("")
 
     def write(self, record: dict[str, Any]) -> None:
         if self.path:
@@ -265,12 +272,13 @@ def train(
             with autocast:
                 queries, target_embeddings = model(sources, batch["text"], targets)
                 loss = loss_fn(queries.float(), target_embeddings.float())
-            if not torch.isfinite(loss):
-                raise ComposeRetrievalError(f"the loss became {loss.item()} at step {step + 1}; lower --lr")
+            value = loss.item()  # the step's one host sync
+            if not math.isfinite(value):
+                raise ComposeRetrievalError(f"the loss became {value} at step {step + 1}; lower --lr")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            running += loss.item()
+            running += value
             done = step + 1
             if done % config.log_every == 0 or done == config.steps:
                 n = done % config.log_every or config.log_every
@@ -281,15 +289,13 @@ def train(
                 log.write(record)
                 if on_log:
                     on_log(record)
-            bar.advance(loss.item(), config.batch_size * 2)
+            bar.advance(value, config.batch_size * 2)
     train_seconds = time.perf_counter() - started
 
     metrics = evaluate(model, protocol, batch_size=config.eval_batch_size, device=device)
     metrics.update(step=config.steps, train_seconds=round(train_seconds, 1), eval_seconds=round(time.perf_counter() - started - train_seconds, 1))
     log.write({"eval": metrics})
     if run_dir:
-        recipe = {k: v for k, v in config.to_dict().items() if k not in _NOT_RECIPE}
-        recipe["protocol"] = protocol.name
-        save_checkpoint(model, run_dir / CHECKPOINT_NAME, metrics=metrics, recipe=recipe)
+        save_checkpoint(model, run_dir / CHECKPOINT_NAME, metrics=metrics, recipe={**recipe_of(config), "protocol": protocol.name})
     model.eval()
     return TrainResult(model, metrics, run_dir, config)

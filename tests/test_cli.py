@@ -83,6 +83,19 @@ def test_train_unknown_backbone_is_one_line(tmp_path):
     assert_one_line_error(result, "resnet_that_does_not_exist")
 
 
+def test_train_engine_set_size_and_bad_option_values_are_one_line(tmp_path):
+    """Options the engine sets itself, and values a combiner rejects, are user errors, not tracebacks."""
+    result = invoke("train", *TINY_TRAIN, "--text-encoder-opt", "out_dim=8", "--run-dir", tmp_path / "a")
+    assert_one_line_error(result, "'out_dim' is set by the engine")
+    result = invoke("train", *TINY_TRAIN, "--combiner", "film", "--combiner-opt", "blocks=[7]", "--run-dir", tmp_path / "b")
+    assert_one_line_error(result, "film blocks [7] must be distinct indices")
+
+
+def test_backbone_with_another_image_encoder_is_refused(tmp_path):
+    result = invoke("train", *TINY_TRAIN, "--image-encoder", "mine", "--backbone", "resnet18", "--run-dir", tmp_path / "run")
+    assert_one_line_error(result, "--backbone and --pretrained choose a timm model", "--image-encoder-opt")
+
+
 def test_train_batch_of_one_is_one_line(tmp_path):
     """A batch of one has no negatives (and BatchNorm cannot train on it): refuse it up front."""
     args = list(TINY_TRAIN)

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 
+import pytest
 from typer.testing import CliRunner
 
+from compose_retrieval import ComposeRetrievalError
 from compose_retrieval.cli import app
 from compose_retrieval.compare import REPORTED, run_comparison, summarise, to_csv, to_markdown, write_tables
 
@@ -38,6 +41,10 @@ def test_run_comparison_trains_each_seed_and_resumes(tmp_path):
     again = run_comparison(base, ["tirg", "image_only"], {"tirg": [0, 1], "image_only": [0]}, tmp_path)
     assert again == rows
     assert (tmp_path / "tirg-seed0" / "model.safetensors").stat().st_mtime_ns == mtime
+
+    # ... but never mixes runs of another recipe into the table
+    with pytest.raises(ComposeRetrievalError, match=r"tirg-seed0 was trained with another recipe \(steps: 4, now 5\)"):
+        run_comparison(dataclasses.replace(base, steps=5), ["tirg"], {"tirg": [0]}, tmp_path)
 
     md, cs = write_tables(rows, tmp_path)
     text = md.read_text()

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from compose_retrieval import DatasetError
 from compose_retrieval.evaluation import evaluate, recall_at_k, top_k
 from compose_retrieval.interfaces import RetrievalProtocol
 
@@ -140,6 +141,6 @@ def test_evaluate_never_ranks_the_query_source():
 
 def test_protocol_validates_lengths():
     protocol, images = _protocol()
-    with pytest.raises(ValueError, match="differ in length"):
+    with pytest.raises(DatasetError, match="differ in length"):
         RetrievalProtocol("bad", images, images, protocol.query_sources[:-1], protocol.query_texts,
                           protocol.query_exclude, protocol.gallery_labels, protocol.query_labels)

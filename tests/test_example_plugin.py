@@ -44,9 +44,7 @@ def test_example_combiner_trains_and_reloads(example_plugin, tmp_path):
     config = tiny_config(model=tiny_spec("gated_sum", hidden=16), steps=6, log_every=3, run_dir=str(run_dir))
     result = train(config, progress=False)
 
-    for k in (1, 5, 10):
-        assert 0.0 <= result.metrics[f"recall@{k}"] <= 1.0
-    assert result.metrics["recall@1"] <= result.metrics["recall@5"] <= result.metrics["recall@10"]
+    assert result.metrics["step"] == 6 and result.metrics["queries"] > 0
     assert type(result.model.combiner).__name__ == "GatedSum"
 
     path = run_dir / CHECKPOINT_NAME

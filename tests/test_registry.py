@@ -10,7 +10,7 @@ import compose_retrieval
 from compose_retrieval import ComposeRetrievalError, DuplicateNameError, UnknownNameError, hookimpl, registry
 from compose_retrieval.interfaces import Combiner
 
-from conftest import BUILTIN_COMBINERS, plugin_paths, write_dist_info
+from conftest import BUILTIN_COMBINERS, plugin_paths, tiny_spec, write_dist_info
 
 
 class _Extra(Combiner):
@@ -88,6 +88,21 @@ def test_unknown_option_names_the_option():
     assert "Did you mean 'similarity'" in message
     with pytest.raises(ComposeRetrievalError, match="'colour'"):
         registry.create("dataset", "css-synthetic", colour=3)
+
+
+def test_engine_supplied_arguments_are_not_options():
+    with pytest.raises(compose_retrieval.OptionError, match="'out_dim' is set by the engine"):
+        registry.check_options("text_encoder", "lstm", {"out_dim": 8})
+    with pytest.raises(compose_retrieval.OptionError, match="'map_channels' is set by the engine"):
+        compose_retrieval.build_model(tiny_spec("tirg_lastconv", map_channels=3))
+
+
+def test_an_option_value_the_component_rejects_is_an_option_error():
+    """A factory's own TypeError / ValueError about an option becomes one OptionError naming the component."""
+    with pytest.raises(compose_retrieval.OptionError, match=r"film blocks \[7\] must be distinct indices"):
+        compose_retrieval.build_model(tiny_spec("film", blocks=[7]))
+    with pytest.raises(compose_retrieval.OptionError, match=r"text encoder 'lstm' cannot be built with options \{'hidden_dim': 'big'\}"):
+        registry.create("text_encoder", "lstm", hidden_dim="big")
 
 
 def test_create_remembers_options():

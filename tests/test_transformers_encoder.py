@@ -70,7 +70,7 @@ def test_trains_tirg_and_round_trips(tmp_path, freeze):
     before = compose_retrieval.build_model(_spec(freeze=freeze)).text_encoder.transformer.state_dict()
     run_dir = tmp_path / "run"
     result = train(tiny_config(model=_spec(freeze=freeze), steps=3, log_every=1, run_dir=str(run_dir)), progress=False)
-    assert 0.0 <= result.metrics["recall@1"] <= 1.0
+    assert result.metrics["step"] == 3
     after = result.model.text_encoder.transformer.state_dict()
     changed = any(not torch.equal(before[k], after[k].cpu()) for k in before)
     assert changed is not freeze  # fine-tuned weights move; frozen ones stay put

@@ -26,9 +26,14 @@ class AttributeOperator(Combiner):
         self.dim, self.rank = image_dim, rank
         outputs = image_dim * image_dim if rank == 0 else 2 * image_dim * rank
         self.predict = nn.Linear(text_dim, outputs)
-        # ||Delta(t) x|| starts near init_scale * ||x|| for unit-variance inputs, whatever the sizes
-        fan = text_dim * (image_dim if rank == 0 else rank * rank * image_dim)
-        nn.init.normal_(self.predict.weight, std=init_scale / fan**0.5)
+        # ||Delta(t) x|| starts near init_scale * ||x|| for unit-variance inputs, whatever the sizes:
+        # full rank, Delta x is linear in the weights (std s * sqrt(text_dim * d)); low rank,
+        # U (V^T x) is quadratic in them (std s^2 * text_dim * sqrt(d * r))
+        if rank == 0:
+            std = init_scale / (text_dim * image_dim) ** 0.5
+        else:
+            std = (init_scale / (text_dim * (image_dim * rank) ** 0.5)) ** 0.5
+        nn.init.normal_(self.predict.weight, std=std)
         nn.init.zeros_(self.predict.bias)
         self.out = nn.Identity() if image_dim == embed_dim else nn.Linear(image_dim, embed_dim)
 

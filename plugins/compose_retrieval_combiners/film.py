@@ -5,6 +5,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
+from compose_retrieval.errors import OptionError
 from compose_retrieval.interfaces import Combiner, ImageEncoder, ImageFeatures, TextFeatures
 
 
@@ -28,13 +29,13 @@ class FiLM(Combiner):
     ):
         super().__init__()
         if image_dim != embed_dim:
-            raise ValueError(f"film returns the image embedding, so image_dim ({image_dim}) must equal embed_dim ({embed_dim})")
+            raise OptionError(f"film returns the image embedding, so image_dim ({image_dim}) must equal embed_dim ({embed_dim})")
         if not block_channels:
-            raise ValueError("film needs an image encoder that exposes its feature blocks (feature_blocks())")
+            raise OptionError("film needs an image encoder that exposes its feature blocks (feature_blocks())")
         n = len(block_channels)
         self.blocks = sorted({b % n for b in blocks if -n <= b < n})
         if len(self.blocks) != len(blocks):
-            raise ValueError(f"film blocks {list(blocks)} must be distinct indices of the encoder's {n} feature blocks")
+            raise OptionError(f"film blocks {list(blocks)} must be distinct indices of the encoder's {n} feature blocks")
         self.generators = nn.ModuleList(nn.Linear(text_dim, 2 * block_channels[b]) for b in self.blocks)
         for g in self.generators:
             nn.init.normal_(g.weight, std=1e-3)

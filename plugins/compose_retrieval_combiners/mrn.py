@@ -22,6 +22,9 @@ class MRN(Combiner):
     residual blocks (3, as in the paper), each multiplying a text branch with a
     two-layer image branch; a final linear map gives the query. The shortcut is the
     identity (the paper projects it when sizes differ; here h keeps the text's size).
+    The nonlinearities follow Kim et al., a tanh after each linear map; summaries of
+    TIRG's comparison that write fc(tanh(h)) * fc(tanh(fc(tanh(x)))), a tanh before
+    each map, differ only in where the chain of maps and tanh starts and ends.
     """
 
     def __init__(

@@ -3,6 +3,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from compose_retrieval.errors import OptionError
 from compose_retrieval.interfaces import Combiner, ImageFeatures, TextFeatures
 
 
@@ -26,7 +27,7 @@ class ParamHashing(Combiner):
     ):
         super().__init__()
         if image_dim != embed_dim:
-            raise ValueError(f"param_hashing adds its output to the image vector, so image_dim ({image_dim}) must equal embed_dim ({embed_dim})")
+            raise OptionError(f"param_hashing adds its output to the image vector, so image_dim ({image_dim}) must equal embed_dim ({embed_dim})")
         g = torch.Generator().manual_seed(hash_seed)
         self.register_buffer("index_hash", torch.randint(hash_size, (embed_dim, image_dim), generator=g))
         self.register_buffer("sign_hash", torch.randint(2, (embed_dim, image_dim), generator=g).float() * 2 - 1)

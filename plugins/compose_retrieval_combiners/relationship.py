@@ -26,8 +26,6 @@ class Relationship(Combiner):
     products.
     """
 
-    uses_feature_map = True
-
     def __init__(
         self, image_dim: int, text_dim: int, embed_dim: int, *, map_channels: int,
         hidden: int = 256, g_layers: int = 4, f_layers: int = 3,

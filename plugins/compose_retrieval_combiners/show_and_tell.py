@@ -17,8 +17,6 @@ class ShowAndTell(Combiner):
     ``hidden_dim`` (default: embed_dim).
     """
 
-    uses_tokens = True
-
     def __init__(
         self, image_dim: int, text_dim: int, embed_dim: int, *, token_dim: int, hidden_dim: int | None = None
     ):

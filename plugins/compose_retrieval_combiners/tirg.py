@@ -3,6 +3,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from compose_retrieval.errors import OptionError
 from compose_retrieval.interfaces import Combiner, ImageFeatures, TextFeatures
 
 
@@ -26,7 +27,7 @@ class TIRG(Combiner):
     ):
         super().__init__()
         if image_dim != embed_dim:
-            raise ValueError(f"tirg gates the image vector, so image_dim ({image_dim}) must equal embed_dim ({embed_dim})")
+            raise OptionError(f"tirg gates the image vector, so image_dim ({image_dim}) must equal embed_dim ({embed_dim})")
         width = image_dim + text_dim
         self.gate = nn.Sequential(nn.BatchNorm1d(width), nn.ReLU(), nn.Linear(width, image_dim))
         self.residual = nn.Sequential(
@@ -48,8 +49,6 @@ class TIRGLastConv(Combiner):
     modified map goes through the image encoder's own pool and projection, so queries
     land in the gallery's space. Options: ``gate_weight``, ``residual_weight``.
     """
-
-    uses_feature_map = True
 
     def __init__(
         self,

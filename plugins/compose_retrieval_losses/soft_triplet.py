@@ -4,6 +4,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from compose_retrieval.errors import OptionError
 from compose_retrieval.interfaces import Loss
 
 from .similarity import check_similarity, similarity_matrix
@@ -24,7 +25,7 @@ class SoftTripletLoss(Loss):
     def forward(self, queries: Tensor, targets: Tensor) -> Tensor:
         n = queries.shape[0]
         if n < 2:
-            raise ValueError("soft_triplet needs a batch of at least 2 (the other targets are the negatives)")
+            raise OptionError("soft_triplet needs a batch of at least 2 (the other targets are the negatives): raise --batch-size")
         sim = similarity_matrix(queries, targets, self.similarity)
         diff = sim - sim.diagonal()[:, None]
         off_diagonal = ~torch.eye(n, dtype=torch.bool, device=sim.device)

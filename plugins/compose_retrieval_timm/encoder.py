@@ -6,7 +6,7 @@ import timm
 import torch
 from torch import Tensor, nn
 
-from compose_retrieval.errors import UnknownNameError
+from compose_retrieval.errors import OptionError, UnknownNameError
 from compose_retrieval.interfaces import ImageEncoder
 
 
@@ -27,11 +27,16 @@ class TimmImageEncoder(ImageEncoder):
             close = difflib.get_close_matches(model_name, timm.list_models(), n=3)
             raise UnknownNameError("timm model", model_name, close, ["see timm.list_models()"])
         self.body = timm.create_model(model_name, pretrained=pretrained, num_classes=0, global_pool="", **(model_kwargs or {}))
+        self.model_name = model_name
         self.map_channels = self.body.num_features
         self.out_dim = out_dim
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(self.map_channels, out_dim)
         self._prefix_tokens = getattr(self.body, "num_prefix_tokens", 0)
+
+    @classmethod
+    def options_for_loading(cls, options: dict) -> dict:
+        return {**options, "pretrained": False}  # the checkpoint holds the trained weights
 
     def features(self, images: Tensor) -> Tensor:
         x = self.body.forward_features(images)
@@ -39,13 +44,16 @@ class TimmImageEncoder(ImageEncoder):
             x = x[:, self._prefix_tokens :]
             side = int(x.shape[1] ** 0.5)
             if side * side != x.shape[1]:
-                raise ValueError(f"cannot arrange {x.shape[1]} patch tokens into a square feature map")
+                raise OptionError(f"timm model {self.model_name!r}: cannot arrange {x.shape[1]} patch tokens into a square feature map; choose a CNN or a ViT without extra tokens")
             x = x.transpose(1, 2).reshape(x.shape[0], x.shape[2], side, side)
         return x
 
     def feature_blocks(self) -> list[tuple[nn.Module, int]]:
         info = getattr(self.body, "feature_info", None) or []
         return [(self.body.get_submodule(i["module"]), i["num_chs"]) for i in info if i.get("module")]
+
+    def backbone(self) -> nn.Module:
+        return self.body
 
     def head(self, feature_map: Tensor) -> Tensor:
         return self.fc(torch.flatten(self.pool(feature_map), 1))
