@@ -72,9 +72,13 @@ def main() -> None:
     floor_model = build_model(ModelSpec(image_encoder=image_encoder)).image_encoder
     floor_model.to(device).to(memory_format=torch.channels_last).train()
 
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=config.amp and device.type == "cuda")
+
     def floor():
         floor_model.zero_grad(set_to_none=True)
-        floor_model.features(both).float().mean().backward()
+        with autocast:
+            loss = floor_model.features(both).float().mean()
+        loss.backward()
 
     print(f"device {device}, backbone {backbone}, batch {b} (+{b} targets), images {s}x{s}, "
           f"torch {torch.__version__}, threads {torch.get_num_threads()}\n")
@@ -89,8 +93,9 @@ def main() -> None:
         optimizer = make_optimizer(model, config)
 
         def step():
-            queries, target_embeddings = model(sources, texts, targets)
-            loss = loss_fn(queries, target_embeddings)
+            with autocast:  # as training does: bfloat16 on CUDA
+                queries, target_embeddings = model(sources, texts, targets)
+                loss = loss_fn(queries.float(), target_embeddings.float())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import difflib
 
-import timm
 import torch
 from torch import Tensor, nn
 
@@ -23,6 +22,8 @@ class TimmImageEncoder(ImageEncoder):
         self, out_dim: int = 512, model_name: str = "resnet18", pretrained: bool = False, model_kwargs: dict | None = None
     ):
         super().__init__()
+        import timm  # here, not at module level: listing plugins should not import timm
+
         if not timm.is_model(model_name):
             close = difflib.get_close_matches(model_name, timm.list_models(), n=3)
             raise UnknownNameError("timm model", model_name, close, ["see timm.list_models()"])
