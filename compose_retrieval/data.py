@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import warnings
+from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -14,19 +17,93 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class TensorImages(torch.utils.data.Dataset):
+class _Normalised(torch.utils.data.Dataset):
+    def __init__(self, preprocessing: Preprocessing):
+        self.preprocessing = preprocessing
+        self.mean = torch.tensor(preprocessing.mean).view(3, 1, 1)
+        self.std = torch.tensor(preprocessing.std).view(3, 1, 1)
+
+    def normalise(self, image: Tensor) -> Tensor:
+        """(3, H, W) uint8 -> float, scaled to [0, 1], minus mean, over std."""
+        return (image.float().div_(255) - self.mean) / self.std
+
+
+class TensorImages(_Normalised):
     """Images held in memory as one (N, 3, H, W) uint8 tensor, normalised on access."""
 
     def __init__(self, images: Tensor, preprocessing: Preprocessing):
+        super().__init__(preprocessing)
         self.images = images
-        self.mean = torch.tensor(preprocessing.mean).view(3, 1, 1)
-        self.std = torch.tensor(preprocessing.std).view(3, 1, 1)
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, index: int) -> Tensor:
-        return (self.images[index].float().div_(255) - self.mean) / self.std
+        return self.normalise(self.images[index])
+
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp")
+
+
+def read_image(path: str | os.PathLike) -> Tensor:
+    """One image file -> (3, H, W) uint8 RGB; a missing or corrupt file is named.
+
+    Decoded with Pillow (torchvision 0.29 deprecates its own decoders in favour of
+    torchcodec, which this project does not depend on), then handed to torchvision.
+    """
+    from PIL import Image
+    from torchvision.transforms.v2.functional import pil_to_tensor
+
+    try:
+        with Image.open(path) as image:
+            return pil_to_tensor(image.convert("RGB"))
+    except FileNotFoundError:
+        raise DatasetError(f"image not found: {path}") from None
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DatasetError(
+            f"cannot decode image {path} ({reason}); replace or remove it, or skip unreadable images "
+            "with --dataset-opt skip_unreadable=true"
+        ) from None
+
+
+def readable_images(paths: Sequence[Path]) -> tuple[set[Path], list[Path]]:
+    """(the paths that decode, the ones that do not): one full decode of each distinct file."""
+    good, bad = set(), []
+    for path in dict.fromkeys(paths):
+        try:
+            read_image(path)
+            good.add(path)
+        except DatasetError:
+            bad.append(path)
+    return good, bad
+
+
+def warn_skipped(dataset: str, bad: Sequence[Path], rows: int) -> None:
+    if bad:
+        warnings.warn(
+            f"{dataset}: skipped {len(bad)} unreadable image(s) and the {rows} row(s) that use them "
+            f"(first: {bad[0]})",
+            stacklevel=3,
+        )
+
+
+class ImageFiles(_Normalised):
+    """Image files, decoded (``read_image``), resized (shorter side) and centre-cropped to the preprocessing's size, normalised."""
+
+    def __init__(self, paths: Sequence[str | os.PathLike], preprocessing: Preprocessing):
+        super().__init__(preprocessing)
+        self.paths = [Path(p) for p in paths]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> Tensor:
+        from torchvision.transforms.v2 import functional as F
+
+        size = self.preprocessing.image_size
+        image = F.center_crop(F.resize(read_image(self.paths[index]), size, antialias=True), size)
+        return self.normalise(image)
 
 
 class Triplets(torch.utils.data.Dataset):

@@ -43,6 +43,23 @@ SAMPLE_TEXTS = [
 ]
 
 
+# `compose-retrieval train` arguments for a tiny CPU run (add a dataset's own)
+TINY_CLI_MODEL = [
+    "--steps", "3", "--batch-size", "8", "--backbone", "test_resnet", "--embed-dim", "32",
+    "--text-encoder-opt", "word_dim=16", "--text-encoder-opt", "hidden_dim=16",
+    "--device", "cpu", "--no-progress",
+]
+
+
+def invoke(*args: Any):
+    """The CLI through typer's CliRunner, in a wide terminal so that rich tables never wrap a name."""
+    from typer.testing import CliRunner
+
+    from compose_retrieval.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "200"})
+
+
 def tiny_spec(combiner: str = "tirg", **combiner_options: Any) -> ModelSpec:
     """A ModelSpec with the tiny encoders of this suite."""
     return ModelSpec(

@@ -5,25 +5,16 @@ from __future__ import annotations
 import json
 
 import pytest
-from typer.testing import CliRunner
 
 from compose_retrieval.checkpoint import read_metadata
-from compose_retrieval.cli import app
 from compose_retrieval.training import CHECKPOINT_NAME
 
-from conftest import BUILTIN_COMBINERS
+from conftest import BUILTIN_COMBINERS, TINY_CLI_MODEL, invoke
 
 TINY_TRAIN = [
-    "--steps", "3", "--batch-size", "8", "--backbone", "test_resnet", "--embed-dim", "32",
+    *TINY_CLI_MODEL,
     "--dataset-opt", "train_scenes=48", "--dataset-opt", "test_scenes=16", "--dataset-opt", "mods_per_scene=2", "--dataset-opt", "image_size=32",
-    "--text-encoder-opt", "word_dim=16", "--text-encoder-opt", "hidden_dim=16",
-    "--device", "cpu", "--no-progress",
 ]
-
-
-def invoke(*args: str):
-    # a wide terminal so that rich tables never wrap a name or a column title
-    return CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "200"})
 
 
 def assert_one_line_error(result, *fragments: str) -> str:

@@ -1,0 +1,176 @@
+"""triplets: the user's own images, described by (source image, text, target image) rows."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import torch
+
+from compose_retrieval.data import (
+    IMAGE_SUFFIXES, IMAGENET_MEAN, IMAGENET_STD, ImageFiles, Triplets, label_ids, readable_images, warn_skipped,
+)
+from compose_retrieval.errors import DatasetError
+from compose_retrieval.interfaces import Dataset, Preprocessing, RetrievalProtocol
+
+LAYOUT = (
+    "DATA_ROOT/train.csv (or train.jsonl) with columns source,text,target; queries.csv (or .jsonl) with the "
+    "same columns; and the gallery as gallery.csv (or .jsonl) with a column image and an optional label, "
+    "or as a folder gallery/ of images; image paths relative to DATA_ROOT"
+)
+
+
+def _find(root: Path, stem: str) -> Path | None:
+    for suffix in (".csv", ".jsonl"):
+        if (root / f"{stem}{suffix}").is_file():
+            return root / f"{stem}{suffix}"
+    return None
+
+
+def read_manifest(path: Path, columns: tuple[str, ...], optional: tuple[str, ...] = ()) -> list[dict[str, str]]:
+    """Rows of a CSV (with a header) or JSON-lines file, each with ``columns`` present and non-empty."""
+    rows: list[dict[str, str]] = []
+    with path.open(newline="", encoding="utf-8") as f:
+        if path.suffix == ".csv":
+            records = enumerate(csv.DictReader(f), start=2)  # line 1 is the header
+        else:
+            records = []
+            for line_number, line in enumerate(f, start=1):
+                if line.strip():
+                    try:
+                        records.append((line_number, json.loads(line)))
+                    except json.JSONDecodeError as exc:
+                        raise DatasetError(f"{path} line {line_number} is not JSON ({exc.msg})") from None
+        for line_number, record in records:
+            missing = [c for c in columns if not str(record.get(c) or "").strip()]
+            if missing:
+                raise DatasetError(
+                    f"{path} line {line_number} has no {', '.join(repr(c) for c in missing)}; "
+                    f"every row needs {', '.join(columns)}"
+                )
+            rows.append({c: str(record[c]).strip() for c in (*columns, *optional) if record.get(c) not in (None, "")})
+    if not rows:
+        raise DatasetError(f"{path} has no rows; every row needs {', '.join(columns)}")
+    return rows
+
+
+class UserTriplets(Dataset):
+    """Your own images: training and query rows (source image, text, target image), and a gallery.
+
+    The layout under ``--data-root`` (paths in the files are relative to it)::
+
+        train.csv      source,text,target       (or train.jsonl: {"source": ..., "text": ..., "target": ...})
+        queries.csv    source,text,target       the test queries; every target must be in the gallery
+        gallery.csv    image[,label]            or a folder gallery/ holding the gallery images
+
+    A retrieved gallery image is a hit when it is the query's listed target or, when
+    the gallery has a ``label`` column, any image with the target's label (duplicates,
+    other photos of the same product). A query's own source image, when it is in the
+    gallery, is not ranked. Images are decoded with torchvision, resized (shorter side)
+    and centre-cropped to ``image_size``, normalised with ImageNet statistics.
+    Options: ``image_size`` (224), ``skip_unreadable`` (drop rows whose images do not
+    decode, and say how many, instead of failing).
+    """
+
+    default_loss = "batch_softmax"
+
+    def __init__(self, data_root: str | None = None, image_size: int = 224, skip_unreadable: bool = False):
+        if data_root is None:
+            raise DatasetError(f"triplets reads your files: give --data-root DIR laid out as {LAYOUT}")
+        self.root = Path(data_root)
+        if not self.root.is_dir():
+            raise DatasetError(f"triplets: data root {self.root} does not exist; expected {LAYOUT}")
+        self.preprocessing = Preprocessing(image_size, IMAGENET_MEAN, IMAGENET_STD)
+        self.train_rows = self._rows("train")
+        self.query_rows = self._rows("queries")
+        self.gallery_paths, self.gallery_keys = self._gallery()
+        if skip_unreadable:
+            self._skip_unreadable()
+        self._check_targets()
+
+    def _path(self, name: str) -> Path:
+        return (self.root / name).resolve()
+
+    def _rows(self, stem: str) -> list[dict]:
+        path = _find(self.root, stem)
+        if path is None:
+            raise DatasetError(f"triplets: no {stem}.csv or {stem}.jsonl in {self.root}; expected {LAYOUT}")
+        rows = read_manifest(path, ("source", "text", "target"))
+        for i, row in enumerate(rows):
+            for column in ("source", "target"):
+                row[column] = self._path(row[column])
+                if not row[column].is_file():
+                    raise DatasetError(f"{path} row {i + 1}: image not found: {row[column]}")
+        return rows
+
+    def _gallery(self) -> tuple[list[Path], list[str]]:
+        path = _find(self.root, "gallery")
+        if path is not None:
+            rows = read_manifest(path, ("image",), optional=("label",))
+            paths = [self._path(r["image"]) for r in rows]
+            for i, p in enumerate(paths):
+                if not p.is_file():
+                    raise DatasetError(f"{path} row {i + 1}: image not found: {p}")
+            return paths, [r.get("label", str(p)) for r, p in zip(rows, paths)]
+        folder = self.root / "gallery"
+        if not folder.is_dir():
+            raise DatasetError(f"triplets: no gallery.csv, gallery.jsonl or gallery/ folder in {self.root}; expected {LAYOUT}")
+        paths = sorted(p.resolve() for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not paths:
+            raise DatasetError(f"triplets: the folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        return paths, [str(p) for p in paths]
+
+    def _skip_unreadable(self) -> None:
+        rows = self.train_rows + self.query_rows
+        good, bad = readable_images([p for r in rows for p in (r["source"], r["target"])] + self.gallery_paths)
+        before = len(rows) + len(self.gallery_paths)
+        self.train_rows = [r for r in self.train_rows if r["source"] in good and r["target"] in good]
+        self.query_rows = [r for r in self.query_rows if r["source"] in good and r["target"] in good]
+        kept = [(p, k) for p, k in zip(self.gallery_paths, self.gallery_keys) if p in good]
+        self.gallery_paths, self.gallery_keys = [p for p, _ in kept], [k for _, k in kept]
+        warn_skipped("triplets", bad, before - len(self.train_rows) - len(self.query_rows) - len(self.gallery_paths))
+        for what, left in (("training rows", self.train_rows), ("queries", self.query_rows), ("gallery images", self.gallery_paths)):
+            if not left:
+                raise DatasetError(f"triplets: no {what} left after skipping {len(bad)} unreadable image(s)")
+
+    def _check_targets(self) -> None:
+        index = {p: i for i, p in enumerate(self.gallery_paths)}
+        for i, row in enumerate(self.query_rows):
+            if row["target"] not in index:
+                raise DatasetError(f"triplets: query {i + 1}'s target {row['target']} is not in the gallery; add it there")
+
+    def train_set(self) -> Triplets:
+        images = sorted({p for r in self.train_rows for p in (r["source"], r["target"])})
+        index = {p: i for i, p in enumerate(images)}
+        return Triplets(
+            ImageFiles(images, self.preprocessing),
+            [index[r["source"]] for r in self.train_rows],
+            [r["text"] for r in self.train_rows],
+            [index[r["target"]] for r in self.train_rows],
+        )
+
+    def train_texts(self) -> list[str]:
+        return [r["text"] for r in self.train_rows]
+
+    def protocols(self) -> list[str]:
+        return ["queries"]
+
+    def protocol(self, name: str | None = None) -> RetrievalProtocol:
+        if name not in (None, "queries"):
+            raise DatasetError(f"triplets has no protocol {name!r}; its protocol: queries")
+        gallery_index = {p: i for i, p in enumerate(self.gallery_paths)}
+        sources = sorted({r["source"] for r in self.query_rows})
+        source_index = {p: i for i, p in enumerate(sources)}
+        gallery_labels, _ = label_ids(self.gallery_keys)
+        query_labels = gallery_labels[torch.tensor([gallery_index[r["target"]] for r in self.query_rows])]
+        return RetrievalProtocol(
+            name="queries",
+            gallery=ImageFiles(self.gallery_paths, self.preprocessing),
+            query_images=ImageFiles(sources, self.preprocessing),
+            query_sources=torch.tensor([source_index[r["source"]] for r in self.query_rows]),
+            query_texts=[r["text"] for r in self.query_rows],
+            query_exclude=torch.tensor([gallery_index.get(r["source"], -1) for r in self.query_rows]),
+            gallery_labels={"label": gallery_labels},
+            query_labels={"label": query_labels},
+        )
