@@ -23,6 +23,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+data_app = typer.Typer(help="Make and inspect datasets (commands added by dataset plugins).", no_args_is_help=True)
+app.add_typer(data_app, name="data")
 console = Console()
 err_console = Console(stderr=True)
 
@@ -241,7 +243,7 @@ def add_plugin_commands() -> None:
     global _plugin_commands_added
     if not _plugin_commands_added:
         _plugin_commands_added = True
-        registry.get_plugin_manager().hook.register_commands(app=app)
+        registry.get_plugin_manager().hook.register_commands(app=app, data=data_app)
 
 
 def main() -> None:

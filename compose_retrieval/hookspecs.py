@@ -53,5 +53,6 @@ def register_pretrained(register):
 
 
 @hookspec
-def register_commands(app):
-    """Add commands to the Typer app of the ``compose-retrieval`` CLI."""
+def register_commands(app, data):
+    """Add commands to the ``compose-retrieval`` CLI: ``app`` is the Typer app, ``data`` its
+    ``compose-retrieval data`` group (commands that make or inspect datasets)."""

@@ -55,8 +55,9 @@ def invoke(*args: Any):
     """The CLI through typer's CliRunner, in a wide terminal so that rich tables never wrap a name."""
     from typer.testing import CliRunner
 
-    from compose_retrieval.cli import app
+    from compose_retrieval.cli import add_plugin_commands, app
 
+    add_plugin_commands()  # as the console script's main() does
     return CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "200"})
 
 
@@ -136,3 +137,19 @@ def clean_registry():
 def tiny_dataset():
     """One css-synthetic dataset with the tiny options, shared by the session (read-only)."""
     return compose_retrieval.create("dataset", "css-synthetic", **TINY_DATASET)
+
+
+def assert_workers_give_valid_pairs(train: torch.utils.data.Dataset, workers: int = 2) -> None:
+    """An epoch through ``workers`` DataLoader processes yields each training pair once, intact, and a seed repeats it."""
+
+    def epoch():
+        loader = torch.utils.data.DataLoader(train, batch_size=4, shuffle=True, num_workers=workers,
+                                             generator=torch.Generator().manual_seed(5))
+        return [(text, source, target) for b in loader for text, source, target in zip(b["text"], b["source"], b["target"])]
+
+    first, second = epoch(), epoch()
+    assert len(first) == len(train)
+    assert all(t1 == t2 and torch.equal(s1, s2) and torch.equal(g1, g2) for (t1, s1, g1), (t2, s2, g2) in zip(first, second))
+    key = [train.images[i].numpy().tobytes() for i in range(len(train.images))]  # pixels identify an image
+    pairs = sorted((train.texts[i], key[train.sources[i]], key[train.targets[i]]) for i in range(len(train)))
+    assert sorted((text, s.numpy().tobytes(), t.numpy().tobytes()) for text, s, t in first) == pairs  # every pair, once

@@ -16,7 +16,7 @@ import compose_retrieval
 from compose_retrieval import DatasetError
 from compose_retrieval.evaluation import evaluate
 
-from conftest import TINY_CLI_MODEL, invoke
+from conftest import TINY_CLI_MODEL, assert_workers_give_valid_pairs, invoke
 
 COLOURS = {"red": (220, 30, 30), "blue": (30, 60, 220), "green": (30, 190, 40)}
 SHAPES = ("square", "disc")
@@ -120,23 +120,7 @@ def test_a_label_column_makes_every_image_of_the_label_a_hit(tmp_path):
 
 
 def test_two_workers_give_valid_pairs_and_a_seed_repeats_the_epoch(tmp_path):
-    train = create(make_folder(tmp_path)).train_set()
-    expected = {(r, t) for r, t in zip(train.texts, zip(train.sources, train.targets))}
-
-    def epoch():
-        loader = torch.utils.data.DataLoader(train, batch_size=4, shuffle=True, num_workers=2,
-                                             generator=torch.Generator().manual_seed(5))
-        return [(b["text"], b["source"], b["target"]) for b in loader]
-
-    first, second = epoch(), epoch()
-    seen = 0
-    for (texts, sources, targets), (texts2, sources2, targets2) in zip(first, second):
-        assert texts == texts2 and torch.equal(sources, sources2) and torch.equal(targets, targets2)
-        for text, source, target in zip(texts, sources, targets):
-            i = next(i for i in range(len(train)) if train.texts[i] == text and torch.equal(train[i]["source"], source))
-            assert torch.equal(train[i]["target"], target)
-            seen += 1
-    assert seen == len(train) == len(expected)
+    assert_workers_give_valid_pairs(create(make_folder(tmp_path)).train_set())
 
 
 def test_cli_trains_and_evaluates_on_a_user_folder(tmp_path):

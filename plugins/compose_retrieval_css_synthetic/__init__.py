@@ -1,10 +1,19 @@
-"""css-synthetic: CSS-style scenes and modifications, generated from a seed (the embedded default dataset)."""
+"""The CSS family: css-synthetic (generated from a seed, the embedded default), css (the original files), make-css."""
 
 from compose_retrieval import hookimpl
 
+from .css import CSS
 from .dataset import CSSSynthetic
 
 
 @hookimpl
 def register_datasets(register):
     register("css-synthetic", CSSSynthetic)
+    register("css", CSS)
+
+
+@hookimpl
+def register_commands(data):
+    from .commands import make_css
+
+    data.command("make-css")(make_css)

@@ -10,6 +10,7 @@ by gathering the stamps of its objects: no per-pixel or per-scene Python loop.
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import numpy as np
 
@@ -29,6 +30,14 @@ def _cell_window(cell: int, size: int) -> tuple[slice, slice]:
     return slice(max(cy - reach, 0), min(cy + reach, size)), slice(max(cx - reach, 0), min(cx + reach, size))
 
 
+def _masks(dy: np.ndarray, dx: np.ndarray, shape: np.ndarray, half: np.ndarray) -> np.ndarray:
+    """Where an object covers a pixel, from the pixel centre's offset (dy, dx) to the object's centre."""
+    rectangle = np.maximum(abs(dy), abs(dx)) <= half
+    circle = dy * dy + dx * dx <= half * half
+    triangle = (abs(dy) <= half) & (2 * abs(dx) <= dy + half)  # apex up, base at the bottom
+    return np.where(shape == 0, rectangle, np.where(shape == 1, circle, triangle))
+
+
 def _stamps(cell: int, size: int) -> np.ndarray:
     """(1 + N_CODES, h, w, 3) uint8: the cell's window empty (index 0) and holding each object code."""
     rows, cols = _cell_window(cell, size)
@@ -40,10 +49,7 @@ def _stamps(cell: int, size: int) -> np.ndarray:
     shape = ((codes // len(SIZES)) % len(SHAPES))[:, None, None]
     color = codes // (len(SIZES) * len(SHAPES))
     half = np.where(size_idx == 1, 8.0, 4.0)[:, None, None] * size / 64
-    rectangle = np.maximum(abs(dy), abs(dx)) <= half
-    circle = dy * dy + dx * dx <= half * half
-    triangle = (abs(dy) <= half) & (2 * abs(dx) <= dy + half)  # apex up, base at the bottom
-    mask = np.where(shape == 0, rectangle, np.where(shape == 1, circle, triangle))
+    mask = _masks(dy, dx, shape, half)
     stamps = np.full((1 + N_CODES, *mask.shape[1:], 3), 255, dtype=np.uint8)
     stamps[1:] = np.where(mask[..., None], RGB[color][:, None, None, :], stamps[1:])
     return stamps
@@ -56,4 +62,22 @@ def render_2d(scenes: np.ndarray, size: int = 64) -> np.ndarray:
     for cell in range(CELLS):
         rows, cols = _cell_window(cell, size)
         canvas[:, rows, cols] = _stamps(cell, size)[scenes[:, cell] + 1]
+    return np.ascontiguousarray(canvas.transpose(0, 3, 1, 2))
+
+
+def render_objects_2d(images: Sequence[Sequence[tuple[float, float, int, int, int]]], size: int = 64) -> np.ndarray:
+    """Objects anywhere on the canvas -> (N, 3, size, size) uint8 drawings, in the same style.
+
+    An object is (y, x, colour, shape, size) with (y, x) its centre as fractions of the
+    canvas (CSS's ``pos``) and the other three indices into COLORS, SHAPES, SIZES; later
+    objects are drawn over earlier ones. One array operation per object.
+    """
+    canvas = np.full((len(images), size, size, 3), 255, dtype=np.uint8)
+    centres = np.arange(size) + 0.5
+    for n, objects in enumerate(images):
+        for y, x, color, shape, size_idx in objects:
+            half = (8.0 if size_idx == 1 else 4.0) * size / 64
+            dy, dx = (centres - y * size)[:, None], (centres - x * size)[None, :]
+            mask = _masks(dy, dx, np.asarray(shape), np.asarray(half))
+            canvas[n][mask] = RGB[color]
     return np.ascontiguousarray(canvas.transpose(0, 3, 1, 2))

@@ -1,0 +1,129 @@
+"""css: the CSS dataset of the TIRG paper, read from the original files (cssfiles.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from compose_retrieval.data import (
+    IMAGENET_MEAN, IMAGENET_STD, ImageFiles, TensorImages, Triplets, label_ids, readable_images, warn_skipped,
+)
+from compose_retrieval.errors import DatasetError
+from compose_retrieval.interfaces import Dataset, Preprocessing, RetrievalProtocol
+
+from .cssfiles import DATA_FILE, LAYOUT, check_split, image_path, read_data_file
+from .render import render_objects_2d
+from .scenes import COLORS, SHAPES, SIZES
+
+PROTOCOLS = ("3d", "2d-to-3d")
+
+
+def _index(names: tuple[str, ...], value: Any, what: str) -> int:
+    if value not in names:
+        raise DatasetError(f"css: unknown {what} {value!r} in {DATA_FILE}; known: {', '.join(names)}")
+    return names.index(value)
+
+
+def drawable(objects: list[dict[str, Any]]) -> list[tuple[float, float, int, int, int]]:
+    """CSS objects -> (y, x, colour, shape, size) for render_objects_2d."""
+    return [
+        (float(o["pos"][0]), float(o["pos"][1]), _index(COLORS, o["color"], "colour"),
+         _index(SHAPES, o["shape"], "shape"), _index(SIZES, o["size"], "size"))
+        for o in objects
+    ]
+
+
+class _Split:
+    """One split's images (paths, objects, labels) and its (from, text, to) pairs, after skipping unreadable images."""
+
+    def __init__(self, root: Path, name: str, record: dict[str, Any], skip_unreadable: bool):
+        self.objects = list(record["objects_img"])
+        n = len(self.objects)
+        self.paths = [image_path(root, name, i) for i in range(n)]
+        labels = record.get("labels")
+        self.labels = list(labels) if labels is not None else list(range(n))  # no labels: every image its own
+        self.pairs = [(int(f), str(m["to_str"]), int(t)) for m in record["mods"] for f, t in zip(m["from"], m["to"])]
+        for f, _, t in self.pairs:
+            if not (0 <= f < n and 0 <= t < n):
+                raise DatasetError(f"css: split {name!r} has a modification between images {f} and {t}, but only {n} images")
+        missing = next((p for p in self.paths if not p.is_file()), None)
+        if missing is not None:
+            raise DatasetError(f"css: image not found: {missing}; expected {LAYOUT}")
+        if skip_unreadable:
+            good, bad = readable_images(self.paths)
+            keep = [i for i, p in enumerate(self.paths) if p in good]
+            new = {old: i for i, old in enumerate(keep)}
+            pairs = [(new[f], text, new[t]) for f, text, t in self.pairs if f in new and t in new]
+            warn_skipped(f"css {name}", bad, len(self.pairs) - len(pairs))
+            self.objects = [self.objects[i] for i in keep]
+            self.paths = [self.paths[i] for i in keep]
+            self.labels = [self.labels[i] for i in keep]
+            self.pairs = pairs
+            if not pairs:
+                raise DatasetError(f"css: split {name!r} has no pairs left after skipping {len(bad)} unreadable image(s)")
+
+
+class CSS(Dataset):
+    """CSS (Vo et al., CVPR 2019; scenes built with CLEVR tools) from its original files.
+
+    The layout under ``--data-root``: the pickled dict css_toy_dataset_novel2_small.dup.npy
+    and images/css_<split>_<idx:06d>.png. The dict is a Python pickle and is loaded with
+    numpy's allow_pickle only because the published format demands it: unpickling runs
+    code, so read only files from a source you trust (`compose-retrieval data make-css`
+    writes one from css-synthetic). Protocols (REFERENCE section 6): "3d" (queries and
+    gallery are the PNG renders) and "2d-to-3d" (the query image is the flat 2D drawing
+    of the scene, drawn from its objects; the gallery is rendered). A query's own
+    source is not ranked; a hit is any gallery image with the target's scene label, so
+    duplicates of a scene count. Training uses every (from, text, to) pair of the train
+    split's modifications once per epoch, in an order drawn from the run's seed; it
+    keeps no pairing state, so any number of DataLoader workers gives valid pairs.
+    (google/tirg draws one random modification per source image per epoch instead.)
+    Options: ``image_size`` (64), ``skip_unreadable``.
+    """
+
+    default_loss = "soft_triplet"
+
+    def __init__(self, data_root: str | None = None, image_size: int = 64, skip_unreadable: bool = False):
+        if data_root is None:
+            raise DatasetError(f"css reads the original files: give --data-root DIR with {LAYOUT}")
+        root = Path(data_root)
+        data = read_data_file(root)
+        self.preprocessing = Preprocessing(image_size, IMAGENET_MEAN, IMAGENET_STD)
+        self.splits = {s: _Split(root, s, check_split(data, s, root), skip_unreadable) for s in ("train", "test")}
+
+    def train_set(self) -> Triplets:
+        s = self.splits["train"]
+        return Triplets(ImageFiles(s.paths, self.preprocessing), *zip(*s.pairs))
+
+    def train_texts(self) -> list[str]:
+        return [text for _, text, _ in self.splits["train"].pairs]
+
+    def protocols(self) -> list[str]:
+        return list(PROTOCOLS)
+
+    def protocol(self, name: str | None = None) -> RetrievalProtocol:
+        name = name or PROTOCOLS[0]
+        if name not in PROTOCOLS:
+            raise DatasetError(f"css has no protocol {name!r}; its protocols: {', '.join(PROTOCOLS)}")
+        s = self.splits["test"]
+        gallery = ImageFiles(s.paths, self.preprocessing)
+        if name == "3d":
+            queries = gallery
+        else:
+            drawings = render_objects_2d([drawable(objects) for objects in s.objects], self.preprocessing.image_size)
+            queries = TensorImages(torch.from_numpy(drawings), self.preprocessing)
+        sources = torch.tensor([f for f, _, _ in s.pairs])
+        gallery_labels, vocabulary = label_ids(s.labels)
+        query_labels, _ = label_ids([s.labels[t] for _, _, t in s.pairs], vocabulary)
+        return RetrievalProtocol(
+            name=name,
+            gallery=gallery,
+            query_images=queries,
+            query_sources=sources,
+            query_texts=[text for _, text, _ in s.pairs],
+            query_exclude=sources.clone(),
+            gallery_labels={"label": gallery_labels},
+            query_labels={"label": query_labels},
+        )

@@ -1,0 +1,152 @@
+"""The css dataset on the original file layout, written by make-css: round trip, protocols, hit rule, errors."""
+
+from __future__ import annotations
+
+import warnings
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import compose_retrieval
+from compose_retrieval import DatasetError
+
+from conftest import TINY_CLI_MODEL, TINY_DATASET, assert_workers_give_valid_pairs, invoke
+from compose_retrieval_css_synthetic.cssfiles import DATA_FILE, image_path, scene_objects, write_css, write_data_file
+
+TINY = {k: v for k, v in TINY_DATASET.items()}
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory):
+    synthetic = compose_retrieval.create("dataset", "css-synthetic", **TINY)
+    root = write_css(synthetic, tmp_path_factory.mktemp("css") / "CSS")
+    return synthetic, root
+
+
+def _load(root, **options):
+    return compose_retrieval.create("dataset", "css", data_root=str(root), image_size=TINY["image_size"], **options)
+
+
+def _triples(objects, pairs):
+    return Counter((repr(objects[f]), text, repr(objects[t])) for f, text, t in pairs)
+
+
+def test_round_trip_gives_back_scenes_texts_and_labels(written):
+    synthetic, root = written
+    css = _load(root)
+    for name, split in synthetic.splits.items():
+        loaded = css.splits[name]
+        objects = [scene_objects(s) for s in split.scenes]
+        assert loaded.objects == objects
+        assert _triples(loaded.objects, loaded.pairs) == _triples(objects, zip(split.sources, split.texts, split.targets))
+        # duplicates share a label exactly when css-synthetic's scenes are equal
+        same = [[a == b for b in split.labels] for a in split.labels]
+        assert [[a == b for b in loaded.labels] for a in loaded.labels] == same
+    assert sorted(css.train_texts()) == sorted(synthetic.train_texts())
+
+
+def test_protocols_3d_and_2d_to_3d(written):
+    synthetic, root = written
+    css = _load(root)
+    assert css.protocols() == ["3d", "2d-to-3d"]
+    reference = synthetic.protocol()
+    three = css.protocol("3d")
+    n = len(reference.gallery)
+    assert len(three.gallery) == n and len(three.query_texts) == len(reference.query_texts)
+    # the PNG renders are the drawings css-synthetic made, pixel for pixel
+    assert all(torch.equal(three.gallery[i], reference.gallery[i]) for i in range(0, n, 7))
+    # 2d-to-3d queries are drawn from the objects in the file: the same flat drawings
+    two = css.protocol("2d-to-3d")
+    assert two.query_images is not two.gallery
+    assert all(torch.equal(two.query_images[i], reference.gallery[i]) for i in range(0, n, 7))
+    assert torch.equal(three.query_exclude, three.query_sources)
+    with pytest.raises(DatasetError, match="no protocol '3D'"):
+        css.protocol("3D")
+
+
+def _hand_made(root: Path, labels=True) -> Path:
+    """Four test images; images 2 and 3 are duplicates of one scene. One query: 0 -> 2."""
+    obj = lambda c: {"pos": (0.5, 0.5), "color": c, "shape": "circle", "size": "large"}  # noqa: E731
+    record = {
+        "objects_img": [[obj("red")], [obj("blue")], [obj("green")], [obj("green")]],
+        "mods": [{"from": [0], "to": [2], "to_str": "make red circle green"}],
+    }
+    if labels:
+        record["labels"] = [0, 1, 2, 2]
+    data = {"train": record, "test": record}
+    root.mkdir(parents=True)
+    write_data_file(root, data)
+    from PIL import Image
+    (root / "images").mkdir()
+    for split in ("train", "test"):
+        for i, colour in enumerate([(220, 30, 30), (30, 60, 220), (30, 190, 40), (30, 190, 40)]):
+            Image.new("RGB", (32, 32), colour).save(image_path(root, split, i))
+    return root
+
+
+def test_duplicates_of_a_scene_are_all_hits(tmp_path):
+    protocol = _load(_hand_made(tmp_path / "a")).protocol("3d")
+    hits = (protocol.gallery_labels["label"] == protocol.query_labels["label"][0]).nonzero().flatten().tolist()
+    assert hits == [2, 3] and protocol.query_exclude.tolist() == [0]
+    protocol = _load(_hand_made(tmp_path / "b", labels=False)).protocol("3d")  # no labels: every image its own
+    hits = (protocol.gallery_labels["label"] == protocol.query_labels["label"][0]).nonzero().flatten().tolist()
+    assert hits == [2]
+
+
+def test_two_workers_give_valid_pairs(written):
+    assert_workers_give_valid_pairs(_load(written[1]).train_set())
+
+
+def test_make_css_then_train_through_the_cli(tmp_path):
+    root = tmp_path / "CSS"
+    result = invoke("data", "make-css", "--out", root, "--train-scenes", 48, "--test-scenes", 16, "--mods-per-scene", 2, "--image-size", 32)
+    assert result.exit_code == 0, result.output
+    assert (root / DATA_FILE).is_file() and image_path(root, "test", 0).is_file()
+    result = invoke("train", *TINY_CLI_MODEL, "--dataset", "css", "--data-root", root, "--dataset-opt", "image_size=32",
+                    "--run-dir", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    assert "protocol: 3d" in result.output and (tmp_path / "run" / "model.safetensors").exists()
+    # make-css never writes into a folder that holds something
+    result = invoke("data", "make-css", "--out", root)
+    assert result.exit_code == 1 and "exists and is not empty" in result.stderr
+
+
+def _error(root, *fragments, **options):
+    with pytest.raises(DatasetError) as info:
+        _load(root, **options)
+    message = str(info.value)
+    assert "\n" not in message and all(f in message for f in fragments), message
+
+
+def test_errors_name_the_file_and_the_layout(tmp_path):
+    _error(tmp_path / "nowhere", "nowhere", "does not exist", DATA_FILE, "make-css")
+    (tmp_path / "empty").mkdir()
+    _error(tmp_path / "empty", "not found", DATA_FILE, "images/css_<split>")
+    garbage = tmp_path / "garbage"
+    garbage.mkdir()
+    (garbage / DATA_FILE).write_bytes(b"\x93NUMPY not really")
+    _error(garbage, "cannot read", DATA_FILE)
+    root = _hand_made(tmp_path / "nosplit")
+    write_data_file(root, {"train": np.load(root / DATA_FILE, allow_pickle=True).item()["train"]})
+    _error(root, "has no split 'test'", "it has train")
+    root = _hand_made(tmp_path / "noimage")
+    image_path(root, "test", 3).unlink()
+    _error(root, "image not found", "css_test_000003.png")
+    with pytest.raises(DatasetError, match="give --data-root"):
+        compose_retrieval.create("dataset", "css")
+
+
+def test_a_corrupt_render_is_named_or_skipped(tmp_path):
+    root = _hand_made(tmp_path / "data")
+    image_path(root, "train", 2).write_bytes(b"\x89PNG broken")
+    train = _load(root).train_set()
+    with pytest.raises(DatasetError, match=r"cannot decode image .*css_train_000002\.png"):
+        train[0]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(DatasetError, match="no pairs left after skipping 1 unreadable image"):
+            _load(root, skip_unreadable=True)
+    assert any("skipped 1 unreadable image(s) and the 1 row(s)" in str(w.message) for w in caught)
