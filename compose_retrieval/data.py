@@ -7,6 +7,7 @@ import warnings
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -117,12 +118,43 @@ class Triplets(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.texts)
 
+    def triplet(self, index: int) -> tuple[int, str, int]:
+        """(source, text, target) image indices and text of item ``index``, without loading images."""
+        return self.sources[index], self.texts[index], self.targets[index]
+
     def __getitem__(self, index: int) -> dict:
-        return {
-            "source": self.images[self.sources[index]],
-            "text": self.texts[index],
-            "target": self.images[self.targets[index]],
-        }
+        source, text, target = self.triplet(index)
+        return {"source": self.images[source], "text": text, "target": self.images[target]}
+
+
+class SampledPairs(torch.utils.data.Dataset):
+    """Training triplets drawn afresh by a rule, with no state on the dataset object.
+
+    Item ``j`` takes source image ``sources[j % len(sources)]`` and asks
+    ``draw(source, rng)`` for a (target, text), with ``rng`` seeded from (``seed``, ``j``):
+    the same item is the same triplet in any process, so DataLoader workers are safe and
+    a seed repeats a run, while ``repeats`` copies of every source give each of them
+    that many independent draws per pass over the dataset (the reference code instead
+    keeps a global random state, which workers duplicate).
+    """
+
+    def __init__(self, images: torch.utils.data.Dataset, sources: Sequence[int], draw, *, seed: int = 0, repeats: int = 64):
+        if not len(sources):
+            raise DatasetError("no training pairs: no source image has a modification")
+        self.images, self.sources, self.draw, self.seed, self.repeats = images, list(sources), draw, seed, repeats
+
+    def __len__(self) -> int:
+        return len(self.sources) * self.repeats
+
+    def triplet(self, index: int) -> tuple[int, str, int]:
+        """(source, text, target) image indices and text of item ``index``, without loading images."""
+        source = self.sources[index % len(self.sources)]
+        target, text = self.draw(source, np.random.default_rng((self.seed, index)))
+        return source, text, target
+
+    def __getitem__(self, index: int) -> dict:
+        source, text, target = self.triplet(index)
+        return {"source": self.images[source], "text": text, "target": self.images[target]}
 
 
 def label_ids(keys: Sequence, vocabulary: dict | None = None) -> tuple[Tensor, dict]:

@@ -1,0 +1,185 @@
+"""fashion200k: Han et al., ICCV 2017, with the query texts and pairing of the TIRG paper (google/tirg)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from compose_retrieval.data import (
+    IMAGENET_MEAN, IMAGENET_STD, ImageFiles, SampledPairs, label_ids, readable_images, warn_skipped,
+)
+from compose_retrieval.errors import DatasetError
+from compose_retrieval.interfaces import Dataset, Preprocessing, RetrievalProtocol
+
+LAYOUT = (
+    "DATA_ROOT/labels/<category>_<split>_detect_all.txt (tab separated: image path, detection score, caption), "
+    "DATA_ROOT/test_queries.txt (source path and target path a line) and the images at the listed paths, "
+    "e.g. DATA_ROOT/women/dresses/..."
+)
+
+
+def clean_caption(caption: str) -> str:
+    """google/tirg's caption clean-up: punctuation becomes words."""
+    return caption.strip().replace(".", "dotmark").replace("?", "questionmark").replace("&", "andmark").replace("*", "starmark")
+
+
+def different_words(source: str, target: str) -> tuple[str, str, str]:
+    """(source word, target word, "replace <source word> with <target word>"), exactly as google/tirg.
+
+    The first word of each caption that the other lacks; when there is none, the last word.
+    """
+    source_words, target_words = source.split(), target.split()
+    source_word = next((w for w in source_words if w not in target_words), source_words[-1])
+    target_word = next((w for w in target_words if w not in source_words), target_words[-1])
+    return source_word, target_word, f"replace {source_word} with {target_word}"
+
+
+def read_labels(root: Path, split: str) -> list[tuple[str, str]]:
+    """(relative image path, cleaned caption) of every image of ``split``, label files in name order."""
+    folder = root / "labels"
+    files = sorted(p for p in folder.glob("*.txt") if split in p.name) if folder.is_dir() else []
+    if not files:
+        raise DatasetError(f"fashion200k: no {split} label files in {folder}; expected {LAYOUT}")
+    images = []
+    for path in files:
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            if not line.strip():
+                continue
+            fields = line.split("\t")
+            if len(fields) < 3:
+                raise DatasetError(f"{path} line {number} has {len(fields)} tab-separated fields; expected image path, detection score, caption")
+            images.append((fields[0].strip(), clean_caption(fields[2])))
+    return images
+
+
+def parent_index(captions: list[str]) -> dict[str, list[str]]:
+    """Parent caption -> its child captions, as google/tirg: a parent is a caption with one word removed.
+
+    Faithful to the reference, the word is removed with str.replace, so every occurrence
+    of it as a substring goes (removing "red" from "red shredded" leaves "shded").
+    """
+    children: dict[str, list[str]] = defaultdict(list)
+    for caption in dict.fromkeys(captions):
+        for word in caption.split():
+            parent = caption.replace(word, "").replace("  ", " ").strip()
+            if caption not in children[parent]:
+                children[parent].append(caption)
+    return {p: c for p, c in children.items() if len(c) >= 2}
+
+
+class Fashion200k(Dataset):
+    """Fashion200k (Han et al., ICCV 2017) as the TIRG paper uses it.
+
+    Captions are cleaned as google/tirg does. Training: a source image whose caption has
+    a sibling (another caption with the same parent, one word removed from each) is
+    paired with a random image of a random sibling caption, and the text is "replace
+    <word> with <word>" (the first differing word of each). Test: the 33,480 queries of
+    test_queries.txt against every test image; a hit is a gallery image with the
+    target's caption; the source is not ranked. The LSTM vocabulary is fitted on the
+    training captions, as in the reference code (so "replace" and "with" are unknown
+    words there too). Options: ``image_size`` (224), ``skip_unreadable``, ``seed``
+    (the pair draws).
+    """
+
+    default_loss = "batch_softmax"
+
+    def __init__(self, data_root: str | None = None, image_size: int = 224, skip_unreadable: bool = False, seed: int = 0):
+        if data_root is None:
+            raise DatasetError(f"fashion200k reads the published files: give --data-root DIR with {LAYOUT}")
+        self.root = Path(data_root)
+        if not self.root.is_dir():
+            raise DatasetError(f"fashion200k: data root {self.root} does not exist; expected {LAYOUT}")
+        self.preprocessing = Preprocessing(image_size, IMAGENET_MEAN, IMAGENET_STD)
+        self.seed = seed
+        self.images = {split: read_labels(self.root, split) for split in ("train", "test")}
+        for split, images in self.images.items():
+            missing = next((p for p, _ in images if not (self.root / p).is_file()), None)
+            if missing is not None:
+                raise DatasetError(f"fashion200k: image not found: {self.root / missing} (listed in a {split} label file)")
+        self.skipped: set[str] = set()
+        if skip_unreadable:
+            for split, images in self.images.items():
+                good, bad = readable_images([self.root / p for p, _ in images])
+                self.images[split] = [(p, c) for p, c in images if self.root / p in good]
+                self.skipped.update(p for p, _ in images if self.root / p not in good)
+                warn_skipped(f"fashion200k {split}", bad, len(images) - len(self.images[split]))
+        self._index_training_captions()
+
+    def _index_training_captions(self) -> None:
+        captions = [c for _, c in self.images["train"]]
+        self.caption_images: dict[str, list[int]] = defaultdict(list)
+        for i, caption in enumerate(captions):
+            self.caption_images[caption].append(i)
+        self.children = parent_index(captions)
+        self.parents: dict[str, list[str]] = defaultdict(list)
+        for parent, children in self.children.items():
+            for child in children:
+                self.parents[child].append(parent)
+
+    def draw(self, source: int, rng: np.random.Generator) -> tuple[int, str]:
+        caption = self.images["train"][source][1]
+        while True:
+            parent = self.parents[caption][rng.integers(len(self.parents[caption]))]
+            sibling = self.children[parent][rng.integers(len(self.children[parent]))]
+            if sibling != caption:
+                break
+        target = self.caption_images[sibling][rng.integers(len(self.caption_images[sibling]))]
+        return target, different_words(caption, sibling)[2]
+
+    def train_set(self) -> SampledPairs:
+        train = self.images["train"]
+        sources = [i for i, (_, c) in enumerate(train) if c in self.parents]
+        return SampledPairs(ImageFiles([self.root / p for p, _ in train], self.preprocessing), sources, self.draw, seed=self.seed)
+
+    def train_texts(self) -> list[str]:
+        return [c for _, c in self.images["train"]]
+
+    def test_queries(self) -> list[tuple[int, str, int]]:
+        """(source id, text, target id) of test_queries.txt, ids into the test images."""
+        path = self.root / "test_queries.txt"
+        if not path.is_file():
+            raise DatasetError(f"fashion200k: {path} not found; expected {LAYOUT}")
+        test = self.images["test"]
+        ids = {p: i for i, (p, _) in enumerate(test)}
+        queries = []
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            if not line.strip():
+                continue
+            fields = line.split()
+            if len(fields) != 2:
+                raise DatasetError(f"{path} line {number}: expected a source path and a target path")
+            if any(f in self.skipped for f in fields):
+                continue  # an image skipped as unreadable: its queries go too
+            absent = next((f for f in fields if f not in ids), None)
+            if absent is not None:
+                raise DatasetError(f"{path} line {number}: {absent} is not in the test label files")
+            source, target = ids[fields[0]], ids[fields[1]]
+            queries.append((source, different_words(test[source][1], test[target][1])[2], target))
+        if not queries:
+            raise DatasetError(f"fashion200k: {path} has no queries left")
+        return queries
+
+    def protocols(self) -> list[str]:
+        return ["test"]
+
+    def protocol(self, name: str | None = None) -> RetrievalProtocol:
+        if name not in (None, "test"):
+            raise DatasetError(f"fashion200k has no protocol {name!r}; its protocol: test")
+        test = self.images["test"]
+        queries = self.test_queries()
+        gallery = ImageFiles([self.root / p for p, _ in test], self.preprocessing)
+        gallery_labels, _ = label_ids([c for _, c in test])
+        sources = torch.tensor([s for s, _, _ in queries])
+        return RetrievalProtocol(
+            name="test",
+            gallery=gallery,
+            query_images=gallery,
+            query_sources=sources,
+            query_texts=[text for _, text, _ in queries],
+            query_exclude=sources.clone(),
+            gallery_labels={"label": gallery_labels},
+            query_labels={"label": gallery_labels[torch.tensor([t for _, _, t in queries])]},
+        )

@@ -1,0 +1,131 @@
+"""mitstates: Isola et al., CVPR 2015, as the TIRG paper retrieves in it (google/tirg)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from compose_retrieval.data import (
+    IMAGE_SUFFIXES, IMAGENET_MEAN, IMAGENET_STD, ImageFiles, SampledPairs, label_ids, readable_images, warn_skipped,
+)
+from compose_retrieval.errors import DatasetError
+from compose_retrieval.interfaces import Dataset, Preprocessing, RetrievalProtocol
+
+LAYOUT = "DATA_ROOT/images/<adjective noun>/<file>.jpg (folders without a space, and the 'adj <noun>' placeholders, are skipped)"
+
+TEST_NOUNS = frozenset(
+    "armor bracelet bush camera candy castle ceramic cheese clock clothes coffee fan fig fish foam forest fruit "
+    "furniture garden gate glass horse island laptop lead lightning mirror orange paint persimmon plastic plate "
+    "potato road rubber sand shell sky smoke steel stream table tea tomato vacuum wax wheel window wool".split()
+)
+
+
+class MITStates(Dataset):
+    """MIT-States (Isola et al., CVPR 2015), the retrieval split of the TIRG paper.
+
+    Images are images/<adjective noun>/*; the 49 test nouns (REFERENCE section 7) are
+    the test split, every other noun trains. Training: an image of "adj1 noun" and the
+    text "adj2" -> a random image of "adj2 noun", adj2 drawn among the noun's other
+    adjectives. Test: one query per other adjective seen with the noun, against every
+    test image; a hit is an image with the target's caption, and the protocol also
+    reports recall when only the adjective ("adjective_recall@K") or only the noun
+    ("noun_recall@K") has to match. The vocabulary is fitted on the training captions,
+    as in the reference code. Options: ``image_size`` (224), ``skip_unreadable``,
+    ``seed`` (the pair draws).
+    """
+
+    default_loss = "batch_softmax"
+
+    def __init__(self, data_root: str | None = None, image_size: int = 224, skip_unreadable: bool = False, seed: int = 0):
+        if data_root is None:
+            raise DatasetError(f"mitstates reads the published files: give --data-root DIR with {LAYOUT}")
+        folder = Path(data_root) / "images"
+        if not folder.is_dir():
+            raise DatasetError(f"mitstates: {folder} not found; expected {LAYOUT}")
+        self.preprocessing = Preprocessing(image_size, IMAGENET_MEAN, IMAGENET_STD)
+        self.seed = seed
+        self.images: dict[str, list[tuple[Path, str, str]]] = {"train": [], "test": []}  # (path, adjective, noun)
+        for pair in sorted(folder.iterdir()):
+            if not pair.is_dir() or " " not in pair.name:
+                continue
+            adjective, noun = pair.name.split(" ", 1)
+            if adjective == "adj":
+                continue
+            split = "test" if noun in TEST_NOUNS else "train"
+            files = sorted(p for p in pair.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            self.images[split] += [(p, adjective, noun) for p in files]
+        for split, images in self.images.items():
+            if skip_unreadable:
+                good, bad = readable_images([p for p, _, _ in images])
+                self.images[split] = [x for x in images if x[0] in good]
+                warn_skipped(f"mitstates {split}", bad, len(images) - len(self.images[split]))
+            if not self.images[split]:
+                raise DatasetError(f"mitstates: no {split} images under {folder} (test nouns: armor, bracelet, ...); expected {LAYOUT}")
+        self.adjectives = {split: self._adjectives(images) for split, images in self.images.items()}
+
+    @staticmethod
+    def _adjectives(images: list[tuple[Path, str, str]]) -> dict[str, dict[str, list[int]]]:
+        """noun -> adjective -> the ids of its images."""
+        index: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
+        for i, (_, adjective, noun) in enumerate(images):
+            index[noun][adjective].append(i)
+        return index
+
+    def draw(self, source: int, rng: np.random.Generator) -> tuple[int, str]:
+        _, adjective, noun = self.images["train"][source]
+        others = [a for a in self.adjectives["train"][noun] if a != adjective]
+        target_adjective = others[rng.integers(len(others))]
+        targets = self.adjectives["train"][noun][target_adjective]
+        return targets[rng.integers(len(targets))], target_adjective
+
+    def train_set(self) -> SampledPairs:
+        train = self.images["train"]
+        sources = [i for i, (_, _, noun) in enumerate(train) if len(self.adjectives["train"][noun]) >= 2]
+        return SampledPairs(ImageFiles([p for p, _, _ in train], self.preprocessing), sources, self.draw, seed=self.seed)
+
+    def train_texts(self) -> list[str]:
+        return [f"{adjective} {noun}" for _, adjective, noun in self.images["train"]]
+
+    def test_queries(self) -> list[tuple[int, str, str]]:
+        """(source id, target adjective, noun): one per other adjective seen with the source's noun."""
+        return [
+            (i, target, noun)
+            for i, (_, adjective, noun) in enumerate(self.images["test"])
+            for target in self.adjectives["test"][noun]
+            if target != adjective
+        ]
+
+    def protocols(self) -> list[str]:
+        return ["test"]
+
+    def protocol(self, name: str | None = None) -> RetrievalProtocol:
+        if name not in (None, "test"):
+            raise DatasetError(f"mitstates has no protocol {name!r}; its protocol: test")
+        test = self.images["test"]
+        queries = self.test_queries()
+        if not queries:
+            raise DatasetError("mitstates: no test noun has two adjectives, so there are no queries")
+        gallery = ImageFiles([p for p, _, _ in test], self.preprocessing)
+        views = {
+            "label": ([f"{a} {n}" for _, a, n in test], [f"{a} {n}" for _, a, n in queries]),
+            "adjective": ([a for _, a, _ in test], [a for _, a, _ in queries]),
+            "noun": ([n for _, _, n in test], [n for _, _, n in queries]),
+        }
+        gallery_labels, query_labels = {}, {}
+        for view, (in_gallery, in_queries) in views.items():
+            gallery_labels[view], vocabulary = label_ids(in_gallery)
+            query_labels[view], _ = label_ids(in_queries, vocabulary)
+        sources = torch.tensor([s for s, _, _ in queries])
+        return RetrievalProtocol(
+            name="test",
+            gallery=gallery,
+            query_images=gallery,
+            query_sources=sources,
+            query_texts=[a for _, a, _ in queries],
+            query_exclude=sources.clone(),
+            gallery_labels=gallery_labels,
+            query_labels=query_labels,
+        )
