@@ -14,6 +14,7 @@ def make_css(
     test_scenes: int = typer.Option(400, help="Source scenes of the test split."),
     mods_per_scene: int = typer.Option(5, help="Modifications (and targets) per source scene."),
     image_size: int = typer.Option(64, help="Side of the rendered PNGs in pixels."),
+    style: str = typer.Option("3d", help="3d: rendered in CLEVR's manner, as CSS's PNGs are; 2d: flat drawings."),
 ) -> None:
     """Write css-synthetic as css_toy_dataset_novel2_small.dup.npy plus images/css_<split>_<idx>.png."""
     from compose_retrieval.cli import console, errors_as_exit
@@ -23,7 +24,7 @@ def make_css(
 
     with errors_as_exit():
         dataset = CSSSynthetic(
-            seed=seed, train_scenes=train_scenes, test_scenes=test_scenes, mods_per_scene=mods_per_scene, image_size=image_size
+            seed=seed, train_scenes=train_scenes, test_scenes=test_scenes, mods_per_scene=mods_per_scene, image_size=image_size, style=style
         )
         write_css(dataset, out)
     counts = ", ".join(f"{name} {len(s.scenes)} images / {len(s.texts)} pairs" for name, s in dataset.splits.items())

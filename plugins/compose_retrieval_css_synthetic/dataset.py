@@ -6,11 +6,15 @@ import numpy as np
 import torch
 
 from compose_retrieval.data import IMAGENET_MEAN, IMAGENET_STD, TensorImages, Triplets, label_ids
-from compose_retrieval.errors import DatasetError
+from compose_retrieval.errors import DatasetError, OptionError
 from compose_retrieval.interfaces import Dataset, Preprocessing, RetrievalProtocol
 
 from .render import render_2d
+from .render3d import render_3d
 from .scenes import random_modification, random_scene, scene_key
+
+
+STYLES = ("2d", "3d")
 
 
 class Split:
@@ -66,6 +70,11 @@ class CSSSynthetic(Dataset):
     section 6): the gallery is every test image, a query's own source image is
     excluded, and a hit is any gallery image of the target's scene (duplicates of a
     scene share its label).
+
+    Option ``style``: "2d" (default; protocol "2d") or "3d", a rendering in CLEVR's
+    manner (render3d.py: perspective, shading, shadows, occlusion) for every image,
+    with the protocols of CSS: "3d" (queries and gallery rendered) and "2d-to-3d" (the
+    query is the scene's flat 2D drawing, the gallery rendered).
     """
 
     default_loss = "soft_triplet"
@@ -78,12 +87,15 @@ class CSSSynthetic(Dataset):
         test_scenes: int = 400,
         mods_per_scene: int = 5,
         image_size: int = 64,
+        style: str = "2d",
     ):
         if data_root is not None:
             raise DatasetError("css-synthetic is generated from its seed and reads no files; drop --data-root")
         if min(train_scenes, test_scenes, mods_per_scene) < 1:
             raise DatasetError("css-synthetic needs at least one train scene, one test scene and one modification each")
-        self.seed, self.image_size = seed, image_size
+        if style not in STYLES:
+            raise OptionError(f"css-synthetic has no style {style!r}; its styles: {', '.join(STYLES)}")
+        self.seed, self.image_size, self.style = seed, image_size, style
         self.train_scenes, self.test_scenes, self.mods_per_scene = train_scenes, test_scenes, mods_per_scene
         self.preprocessing = Preprocessing(image_size, IMAGENET_MEAN, IMAGENET_STD)
 
@@ -94,8 +106,9 @@ class CSSSynthetic(Dataset):
         test = generate_split(rng, self.test_scenes, self.mods_per_scene, exclude=set(train.labels))
         return {"train": train, "test": test}
 
-    def images(self, split: str) -> TensorImages:
-        return TensorImages(torch.from_numpy(render_2d(self.splits[split].scenes, self.image_size)), self.preprocessing)
+    def images(self, split: str, style: str | None = None) -> TensorImages:
+        render = render_3d if (style or self.style) == "3d" else render_2d
+        return TensorImages(torch.from_numpy(render(self.splits[split].scenes, self.image_size)), self.preprocessing)
 
     def train_set(self) -> Triplets:
         s = self.splits["train"]
@@ -105,20 +118,24 @@ class CSSSynthetic(Dataset):
         return list(self.splits["train"].texts)
 
     def protocols(self) -> list[str]:
-        return ["2d"]
+        return ["3d", "2d-to-3d"] if self.style == "3d" else ["2d"]
 
     def protocol(self, name: str | None = None) -> RetrievalProtocol:
-        if name not in (None, "2d"):
-            raise DatasetError(f"css-synthetic has no protocol {name!r}; its protocols: 2d")
+        name = name or self.protocols()[0]
+        if name not in self.protocols():
+            raise DatasetError(
+                f"css-synthetic (style {self.style}) has no protocol {name!r}; its protocols: {', '.join(self.protocols())}"
+            )
         s = self.splits["test"]
         gallery = self.images("test")
+        queries = self.images("test", "2d") if name == "2d-to-3d" else gallery
         gallery_labels, vocab = label_ids(s.labels)
         query_labels, _ = label_ids([s.labels[t] for t in s.targets], vocab)
         sources = torch.tensor(s.sources, dtype=torch.long)
         return RetrievalProtocol(
-            name="2d",
+            name=name,
             gallery=gallery,
-            query_images=gallery,
+            query_images=queries,
             query_sources=sources,
             query_texts=list(s.texts),
             query_exclude=sources.clone(),
