@@ -16,7 +16,7 @@ import torch
 
 from . import registry
 from .checkpoint import atomic_write, save_checkpoint
-from .errors import ComposeRetrievalError, UnknownNameError
+from .errors import ComposeRetrievalError, DatasetError, UnknownNameError
 from .evaluation import evaluate
 from .model import ComponentSpec, ComposedRetrievalModel, ModelSpec, build_model
 
@@ -194,7 +194,11 @@ def _set_lr(optimizer: torch.optim.Optimizer, config: TrainConfig, step: int) ->
 
 def _endless(loader):
     while True:
-        yield from loader
+        try:
+            yield from loader
+        except DatasetError as exc:
+            # raised in a DataLoader worker, it arrives with the worker's traceback in its message: keep the last line
+            raise DatasetError(str(exc).strip().splitlines()[-1].split("DatasetError: ", 1)[-1]) from None
 
 
 class MetricsLog:

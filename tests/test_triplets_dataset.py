@@ -132,6 +132,16 @@ def test_cli_trains_and_evaluates_on_a_user_folder(tmp_path):
     assert (tmp_path / "run" / "model.safetensors").exists()
 
 
+def test_a_corrupt_image_met_in_a_worker_is_one_line(tmp_path):
+    root = make_folder(tmp_path / "data")
+    (root / "train" / "green-disc.jpg").write_bytes(b"not an image")
+    result = invoke("train", *TINY_CLI_MODEL, "--workers", "2", "--dataset", "triplets", "--data-root", root,
+                    "--dataset-opt", "image_size=32", "--run-dir", tmp_path / "run")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "cannot decode image" in lines[0] and "green-disc.jpg" in lines[0], result.stderr
+
+
 def _error(root: Path, *fragments: str, **options) -> str:
     with pytest.raises(DatasetError) as info:
         create(root, **options)
