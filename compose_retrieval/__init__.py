@@ -30,5 +30,6 @@ from .registry import (
 )
 from .model import ComponentSpec, ComposedRetrievalModel, ModelSpec, build_model
 from .checkpoint import load_checkpoint, save_checkpoint
+from .zoo import list_pretrained, load_pretrained, save_pretrained
 
 __version__ = "0.1.0"

@@ -26,6 +26,10 @@ FORMAT_VERSION = 1
 _JSON_KEYS = ("model", "extra_state", "preprocessing", "recipe", "metrics")
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 def atomic_write(path: str | os.PathLike, write) -> None:
     """Call ``write(tmp_path)``, then move the file into place: readers never see half a file."""
     path = Path(path)
@@ -34,6 +38,7 @@ def atomic_write(path: str | os.PathLike, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the permissions of any other
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -46,11 +51,18 @@ def save_checkpoint(
     *,
     metrics: dict[str, Any] | None = None,
     recipe: dict[str, Any] | None = None,
+    dtype: torch.dtype | None = None,
 ) -> Path:
-    """Write ``model`` to ``path`` as a self-describing safetensors file."""
+    """Write ``model`` to ``path`` as a self-describing safetensors file.
+
+    ``dtype`` (e.g. torch.float16) stores floating-point tensors smaller; loading casts
+    them back to the model's own dtype.
+    """
     if model.spec is None:
         raise CheckpointError("this model has no spec; build it with compose_retrieval.build_model to save it")
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    if dtype is not None:
+        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     metadata = {
         "format": "compose-retrieval",
         "format_version": str(FORMAT_VERSION),

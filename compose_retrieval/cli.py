@@ -196,7 +196,7 @@ def compare(
 
 @app.command()
 def evaluate(
-    path: Path = typer.Argument(..., help="A run directory or a checkpoint (.safetensors) file."),
+    path: str = typer.Argument(..., help="A run directory, a checkpoint (.safetensors) file or a zoo name."),
     data_root: Optional[str] = typer.Option(None, help="Override the dataset location recorded in the checkpoint."),
     protocol: Optional[str] = typer.Option(None, help="Test protocol (default: the one the model was evaluated on)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, ..."),
@@ -212,6 +212,59 @@ def evaluate(
         typer.echo(json.dumps(metrics))
     else:
         print_metrics(metrics, str(path))
+
+
+zoo_app = typer.Typer(help="Named checkpoints: list them, see one.", no_args_is_help=True)
+app.add_typer(zoo_app, name="zoo")
+
+
+@zoo_app.command("list")
+def zoo_list(pattern: str = typer.Argument("*", help="Wildcard filter on names.")) -> None:
+    """The zoo's checkpoints, with where each comes from and its recorded recall@1."""
+    from .zoo import cache_dir, pretrained_info, list_pretrained
+
+    with errors_as_exit():
+        table = Table(title="pretrained models")
+        table.add_column("name", no_wrap=True)
+        for column in ("description", "dataset", "recall@1", "available"):
+            table.add_column(column)
+        for name in list_pretrained(pattern):
+            entry = pretrained_info(name)
+            r1 = entry.metrics.get("recall@1")
+            where = "cached" if (cache_dir() / f"{name}.safetensors").is_file() else (
+                "shipped" if entry.file else ("download" if entry.url or entry.hf_hub_id else "make it: zoo info " + name))
+            table.add_row(name, entry.description, entry.dataset or "", f"{r1:.4f}" if r1 is not None else "", where)
+    console.print(table)
+
+
+@zoo_app.command("info")
+def zoo_info(name: str = typer.Argument(..., help="A zoo name (see `zoo list`).")) -> None:
+    """Everything the manifest records about one checkpoint, as JSON."""
+    from .zoo import entry_dict, pretrained_info
+
+    with errors_as_exit():
+        entry = pretrained_info(name)
+    typer.echo(json.dumps(entry_dict(entry), indent=2))
+
+
+@zoo_app.command("export")
+def zoo_export(
+    run: str = typer.Argument(..., help="A run directory or checkpoint to export."),
+    out: Path = typer.Argument(..., help="The zoo file to write (.safetensors)."),
+    half: bool = typer.Option(True, help="Store the weights as float16 (half the size)."),
+    device: str = typer.Option("auto", help="Where to re-evaluate it."),
+) -> None:
+    """Write a trained model as a zoo file, re-evaluated as stored; print its metrics and sha256."""
+    from .checkpoint import load_checkpoint
+    from .evaluation import evaluate_checkpoint
+    from .zoo import resolve, save_pretrained, sha256_of
+
+    with errors_as_exit():
+        model, meta = load_checkpoint(resolve(run))
+        save_pretrained(model, out, recipe=meta.get("recipe"), half=half)
+        metrics = evaluate_checkpoint(out, device=device)  # what the stored (rounded) weights reach
+        save_pretrained(model, out, metrics=metrics, recipe=meta.get("recipe"), half=half)
+    typer.echo(json.dumps({"file": str(out), "sha256": sha256_of(out), "metrics": metrics}, indent=2))
 
 
 @app.command("list")

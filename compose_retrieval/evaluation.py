@@ -107,12 +107,11 @@ def evaluate_checkpoint(
     device: str = "auto",
     batch_size: int = 256,
 ) -> dict[str, Any]:
-    """Evaluate a checkpoint (or a run directory's checkpoint) on the dataset recorded in it."""
-    from .training import CHECKPOINT_NAME, resolve_device
+    """Evaluate a checkpoint (a file, a run directory or a zoo name) on the dataset recorded in it."""
+    from .training import resolve_device
+    from .zoo import resolve
 
-    path = Path(path)
-    if path.is_dir():
-        path = path / CHECKPOINT_NAME
+    path = resolve(path)
     device = resolve_device(device)
     model, meta = load_checkpoint(path, map_location=device)
     model.place(device)

@@ -1,0 +1,216 @@
+"""The model zoo: named checkpoints, resolved to a local safetensors file and loaded.
+
+``load_pretrained("tirg-css-synthetic")`` looks the name up in model_zoo/manifest.json
+and in the entries plugins register (``register_pretrained``), then finds the file:
+
+1. a path to a checkpoint file (or a run directory) is used as it is;
+2. a name already in the cache directory (``cache_dir`` argument, else the environment
+   variable COMPOSE_RETRIEVAL_CACHE, else ~/.cache/compose-retrieval) is used from there;
+3. a file shipped in model_zoo/ is used from there;
+4. otherwise it is downloaded from the entry's URL (or Hugging Face Hub id), checked
+   against its sha256 and moved into the cache whole. With ``offline=True`` (or
+   COMPOSE_RETRIEVAL_OFFLINE=1 or HF_HUB_OFFLINE=1) a missing file is an error that
+   says how to get it, never a hang.
+
+Only safetensors files are read: nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import hashlib
+import json
+import os
+import tempfile
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import registry
+from .checkpoint import load_checkpoint, save_checkpoint
+from .errors import CheckpointError, UnknownNameError
+from .interfaces import Preprocessing
+from .model import ComposedRetrievalModel
+
+CACHE_ENV = "COMPOSE_RETRIEVAL_CACHE"
+OFFLINE_ENV = "COMPOSE_RETRIEVAL_OFFLINE"
+SUFFIX = ".safetensors"
+
+
+def zoo_dir() -> Path:
+    """model_zoo/ of the source checkout this package runs from (editable installs)."""
+    return Path(__file__).resolve().parent.parent / "model_zoo"
+
+
+@dataclass
+class PretrainedEntry:
+    """One named checkpoint of the zoo."""
+
+    name: str
+    description: str = ""
+    file: str | None = None  # a file in model_zoo/
+    url: str | None = None
+    hf_hub_id: str | None = None  # "owner/repo/path/in/repo.safetensors"
+    sha256: str | None = None
+    dataset: str | None = None
+    protocol: str | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    command: str | None = None  # what reproduces (or produces) the file
+    source: str = "model_zoo/manifest.json"
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str) -> "PretrainedEntry":
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__ and k != "source"}
+        return cls(source=source, **known)
+
+
+def _entries() -> dict[str, PretrainedEntry]:
+    entries: dict[str, PretrainedEntry] = {}
+    manifest = zoo_dir() / "manifest.json"
+    if manifest.is_file():
+        try:
+            for item in json.loads(manifest.read_text())["models"]:
+                entries[item["name"]] = PretrainedEntry.from_dict(item, str(manifest))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CheckpointError(f"{manifest} is not a valid zoo manifest ({type(exc).__name__}: {exc})") from None
+    for name, registered in registry._table("pretrained").items():
+        entries[name] = PretrainedEntry.from_dict({"name": name, **registered.factory}, f"plugin {registered.plugin!r}")
+    return entries
+
+
+def list_pretrained(pattern: str = "*") -> list[str]:
+    """Sorted names of the zoo's checkpoints matching a wildcard pattern."""
+    return sorted(n for n in _entries() if fnmatch.fnmatchcase(n, pattern))
+
+
+def pretrained_info(name: str) -> PretrainedEntry:
+    entries = _entries()
+    if name not in entries:
+        raise UnknownNameError("pretrained model", name, difflib.get_close_matches(name, list(entries), n=3), sorted(entries))
+    return entries[name]
+
+
+def cache_dir(override: str | os.PathLike | None = None) -> Path:
+    if override is not None:
+        return Path(override)
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "compose-retrieval"
+
+
+def is_offline(offline: bool | None = None) -> bool:
+    if offline is not None:
+        return offline
+    return any(os.environ.get(v, "").lower() in ("1", "true", "yes", "on") for v in (OFFLINE_ENV, "HF_HUB_OFFLINE"))
+
+
+def resolve(name_or_path: str | os.PathLike, *, cache: str | os.PathLike | None = None, offline: bool | None = None) -> Path:
+    """The local checkpoint file of a path or a zoo name (see the module docstring for the order)."""
+    path = Path(name_or_path)
+    if path.is_dir() and (path / "model.safetensors").is_file():
+        return path / "model.safetensors"
+    if path.is_file():
+        return path
+    name = str(name_or_path)
+    if path.suffix == SUFFIX or os.sep in name:
+        raise CheckpointError(f"checkpoint not found: {path}")
+    entry = pretrained_info(name)
+    cached = cache_dir(cache) / f"{entry.name}{SUFFIX}"
+    if cached.is_file():
+        return cached
+    if entry.file and (zoo_dir() / entry.file).is_file():
+        return zoo_dir() / entry.file
+    if not (entry.url or entry.hf_hub_id):
+        how = f"run: {entry.command}" if entry.command else "it has no download source"
+        raise CheckpointError(f"{entry.name!r} is not in {cached.parent} yet; to make it, {how}")
+    if is_offline(offline):
+        how = f" or run: {entry.command}" if entry.command else ""
+        raise CheckpointError(
+            f"{entry.name!r} is not cached and downloads are off (offline); put the file at {cached}: "
+            f"download {entry.url or 'hf://' + entry.hf_hub_id}{how}"
+        )
+    return _download(entry, cached)
+
+
+def _download(entry: PretrainedEntry, destination: Path) -> Path:
+    """Fetch into a temporary file, check the sha256, then move into place: the cache holds whole, checked files only."""
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".part", dir=destination.parent)
+    digest = hashlib.sha256()
+    try:
+        with os.fdopen(fd, "wb") as out:
+            if entry.url:
+                try:
+                    with urllib.request.urlopen(entry.url, timeout=60) as response:
+                        while chunk := response.read(1 << 20):
+                            digest.update(chunk)
+                            out.write(chunk)
+                except (urllib.error.URLError, OSError) as exc:
+                    raise CheckpointError(f"cannot download {entry.name!r} from {entry.url}: {exc}") from None
+            else:
+                with open(_hub_download(entry), "rb") as f:
+                    while chunk := f.read(1 << 20):
+                        digest.update(chunk)
+                        out.write(chunk)
+        if entry.sha256 and digest.hexdigest() != entry.sha256.lower():
+            raise CheckpointError(
+                f"the download of {entry.name!r} has sha256 {digest.hexdigest()}, not the {entry.sha256} its "
+                f"entry ({entry.source}) records; the file was discarded"
+            )
+        os.replace(tmp, destination)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return destination
+
+
+def _hub_download(entry: PretrainedEntry) -> str:
+    try:
+        from huggingface_hub import hf_hub_download
+    except ImportError:
+        raise CheckpointError(f"{entry.name!r} lives on the Hugging Face Hub: pip install huggingface_hub") from None
+    owner, repo, filename = entry.hf_hub_id.split("/", 2)
+    return hf_hub_download(f"{owner}/{repo}", filename)
+
+
+def load_pretrained(
+    name_or_path: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    offline: bool | None = None,
+) -> tuple[ComposedRetrievalModel, Preprocessing | None]:
+    """A zoo name or a checkpoint path -> (the model in eval mode on ``device``, its preprocessing)."""
+    model, _ = load_checkpoint(resolve(name_or_path, cache=cache_dir, offline=offline), map_location=device)
+    model.place(device)
+    return model, model.preprocessing
+
+
+def save_pretrained(
+    model: ComposedRetrievalModel,
+    path: str | os.PathLike,
+    *,
+    metrics: dict[str, Any] | None = None,
+    recipe: dict[str, Any] | None = None,
+    half: bool = False,
+) -> Path:
+    """Save a checkpoint for the zoo; ``half`` stores float weights as float16 (they load back as float32)."""
+    return save_checkpoint(model, path, metrics=metrics, recipe=recipe, dtype=torch.float16 if half else None)
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def entry_dict(entry: PretrainedEntry) -> dict[str, Any]:
+    return {k: v for k, v in asdict(entry).items() if v not in (None, {}, "")}
+
