@@ -92,6 +92,9 @@ def train(
     text_encoder: str = typer.Option("lstm", help="Text encoder plugin."),
     loss: Optional[str] = typer.Option(None, help="Loss (default: the dataset's, as in the paper)."),
     embed_dim: int = typer.Option(512, help="Embedding size."),
+    init_from: Optional[str] = typer.Option(
+        None, help="Start from this checkpoint or zoo name (its model, weights and vocabulary; fine-tuning)."
+    ),
     recipe: str = typer.Option("cpu", help="Training recipe: 'cpu' (minutes on a laptop) or 'paper' (google/tirg)."),
     steps: Optional[int] = typer.Option(None, help="Training steps (overrides the recipe)."),
     batch_size: Optional[int] = typer.Option(None, help="Batch size (overrides the recipe)."),
@@ -113,6 +116,15 @@ def train(
     from .training import TrainConfig, recipe_backbone, train as run_training
 
     with errors_as_exit():
+        model_options = {
+            "--combiner": combiner != "tirg", "--backbone": backbone, "--pretrained": pretrained,
+            "--image-encoder": image_encoder != "timm", "--text-encoder": text_encoder != "lstm",
+            "--embed-dim": embed_dim != 512, "--combiner-opt": combiner_opt,
+            "--image-encoder-opt": image_encoder_opt, "--text-encoder-opt": text_encoder_opt,
+        }
+        if init_from and any(model_options.values()):
+            given = ", ".join(k for k, v in model_options.items() if v)
+            raise OptionError(f"--init-from takes the model from the checkpoint; drop {given}")
         image_options: dict[str, Any] = {}
         if image_encoder != "timm" and (backbone or pretrained):
             raise OptionError(
@@ -127,11 +139,13 @@ def train(
             text_encoder=ComponentSpec(text_encoder, parse_options(text_encoder_opt, "text encoder")),
             embed_dim=embed_dim,
         )
+        what = Path(init_from).stem if init_from else combiner
         if run_dir is None:
-            run_dir = Path("runs") / f"{combiner}-{dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+            run_dir = Path("runs") / f"{what}-{dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
         config = TrainConfig.from_recipe(
             recipe,
             model=spec,
+            init_from=init_from,
             dataset=dataset,
             dataset_options=parse_options(dataset_opt, "dataset"),
             data_root=data_root,
@@ -148,9 +162,9 @@ def train(
             run_dir=str(run_dir),
         )
         config.validate()
-        console.print(f"training [bold]{combiner}[/] on [bold]{dataset}[/] for {config.steps} steps ({recipe} recipe) -> {run_dir}")
+        console.print(f"training [bold]{what}[/] on [bold]{dataset}[/] for {config.steps} steps ({recipe} recipe) -> {run_dir}")
         result = run_training(config, progress=progress)
-    print_metrics(result.metrics, f"{combiner} on {dataset}")
+    print_metrics(result.metrics, f"{what} on {dataset}")
     console.print(f"run directory: {result.run_dir}")
 
 

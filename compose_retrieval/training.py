@@ -53,6 +53,7 @@ class TrainConfig:
     """Everything a training run depends on; saved as config.json in the run directory."""
 
     model: ModelSpec = field(default_factory=ModelSpec)
+    init_from: str | None = None  # a checkpoint or zoo name: the model (spec, weights, vocabulary) starts as that one
     dataset: str = "css-synthetic"
     dataset_options: dict[str, Any] = field(default_factory=dict)
     data_root: str | None = None
@@ -234,13 +235,21 @@ def train(
     dataset = registry.create("dataset", config.dataset, data_root=config.data_root, **config.dataset_options)
     loss_name = config.loss or dataset.default_loss
     config = replace(config, loss=loss_name)
+    if config.init_from:
+        from .checkpoint import load_checkpoint
+        from .zoo import resolve
+
+        model, _ = load_checkpoint(resolve(config.init_from))
+        model.preprocessing = dataset.preprocessing
+        config = replace(config, model=model.spec)  # the model is the checkpoint's, vocabulary included
+    else:
+        model = build_model(config.model, dataset.preprocessing)
+        model.text_encoder.fit(dataset.train_texts())
     if run_dir:
         atomic_write(run_dir / "config.json", lambda tmp: Path(tmp).write_text(json.dumps(config.to_dict(), indent=2)))
     loss_fn = registry.create("loss", loss_name, **config.loss_options)
     protocol = dataset.protocol(config.protocol)
 
-    model = build_model(config.model, dataset.preprocessing)
-    model.text_encoder.fit(dataset.train_texts())
     model.place(device).train()
     optimizer = make_optimizer(model, config)
 

@@ -155,3 +155,8 @@ def test_error_messages_are_printed_verbatim(tmp_path):
     missing = tmp_path / "[bold]run" / "model.safetensors"
     line = assert_one_line_error(invoke("evaluate", missing), "not found")
     assert str(missing) in line
+
+
+def test_init_from_refuses_model_options(tmp_path):
+    result = invoke("train", *TINY_TRAIN, "--init-from", "tirg-css-synthetic", "--combiner", "concat", "--run-dir", tmp_path / "run")
+    assert_one_line_error(result, "--init-from takes the model from the checkpoint; drop --combiner, --backbone")

@@ -116,3 +116,17 @@ def test_tirg_learns_beyond_chance():
     chance = 10 / gallery
     assert result.metrics["recall@10"] > 2 * chance, result.metrics
     assert logged[-1]["loss"] < 0.5 * logged[0]["loss"], logged
+
+
+def test_init_from_starts_from_a_checkpoint(tiny_run, tmp_path):
+    """--init-from: the checkpoint's model, weights and vocabulary; with lr 0 nothing moves, so recall is the same."""
+    result, run_dir, _ = tiny_run
+    config = tiny_config(model=tiny_spec("concat"), init_from=str(run_dir), steps=2, lr=0.0, run_dir=str(tmp_path / "again"))
+    again = train(config, progress=False)
+    assert again.config.model == result.model.spec  # tirg, not the concat of the config
+    assert again.model.text_encoder.vocabulary.words == result.model.text_encoder.vocabulary.words
+    before, after = result.model.state_dict(), again.model.state_dict()
+    assert all(torch.equal(before[k].cpu(), after[k].cpu()) for k in before if "running" not in k and "num_batches" not in k)
+    assert again.metrics["recall@1"] == pytest.approx(result.metrics["recall@1"], abs=0.02)  # BatchNorm statistics move a little
+    saved = json.loads((tmp_path / "again" / "config.json").read_text())
+    assert saved["init_from"] == str(run_dir) and saved["model"]["combiner"]["name"] == "tirg"
