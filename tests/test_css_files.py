@@ -68,14 +68,17 @@ def test_protocols_3d_and_2d_to_3d(written):
 
 
 def _hand_made(root: Path, labels=True) -> Path:
-    """Four test images; images 2 and 3 are duplicates of one scene. One query: 0 -> 2."""
+    """Four test images; images 2 and 3 are duplicates of one scene. One query: 0 -> 2.
+
+    labels: True (a list), "dict" (image id -> label), False (none).
+    """
     obj = lambda c: {"pos": (0.5, 0.5), "color": c, "shape": "circle", "size": "large"}  # noqa: E731
     record = {
         "objects_img": [[obj("red")], [obj("blue")], [obj("green")], [obj("green")]],
         "mods": [{"from": [0], "to": [2], "to_str": "make red circle green"}],
     }
     if labels:
-        record["labels"] = [0, 1, 2, 2]
+        record["labels"] = [0, 1, 2, 2] if labels is True else {0: 0, 1: 1, 2: 2, 3: 2}
     data = {"train": record, "test": record}
     root.mkdir(parents=True)
     write_data_file(root, data)
@@ -91,6 +94,9 @@ def test_duplicates_of_a_scene_are_all_hits(tmp_path):
     protocol = _load(_hand_made(tmp_path / "a")).protocol("3d")
     hits = (protocol.gallery_labels["label"] == protocol.query_labels["label"][0]).nonzero().flatten().tolist()
     assert hits == [2, 3] and protocol.query_exclude.tolist() == [0]
+    protocol = _load(_hand_made(tmp_path / "d", labels="dict")).protocol("3d")  # labels as image id -> label
+    hits = (protocol.gallery_labels["label"] == protocol.query_labels["label"][0]).nonzero().flatten().tolist()
+    assert hits == [2, 3]
     protocol = _load(_hand_made(tmp_path / "b", labels=False)).protocol("3d")  # no labels: every image its own
     hits = (protocol.gallery_labels["label"] == protocol.query_labels["label"][0]).nonzero().flatten().tolist()
     assert hits == [2]

@@ -42,8 +42,14 @@ class _Split:
         self.objects = list(record["objects_img"])
         n = len(self.objects)
         self.paths = [image_path(root, name, i) for i in range(n)]
-        labels = record.get("labels")
-        self.labels = list(labels) if labels is not None else list(range(n))  # no labels: every image its own
+        labels = record.get("labels")  # image id -> scene label, as a list or a dict
+        if labels is None:
+            self.labels = list(range(n))  # no labels: every image its own
+        else:
+            try:
+                self.labels = [labels[i] for i in range(n)]
+            except (KeyError, IndexError):
+                raise DatasetError(f"css: split {name!r} has labels for {len(labels)} of its {n} images") from None
         self.pairs = [(int(f), str(m["to_str"]), int(t)) for m in record["mods"] for f, t in zip(m["from"], m["to"])]
         for f, _, t in self.pairs:
             if not (0 <= f < n and 0 <= t < n):
