@@ -78,7 +78,8 @@ def _entries() -> dict[str, PretrainedEntry]:
                 entries[item["name"]] = PretrainedEntry.from_dict(item, str(manifest))
         except (ValueError, KeyError, TypeError) as exc:
             raise CheckpointError(f"{manifest} is not a valid zoo manifest ({type(exc).__name__}: {exc})") from None
-    for name, registered in registry._table("pretrained").items():
+    for name in registry.list_components("pretrained"):
+        registered = registry.get_entry("pretrained", name)
         entries[name] = PretrainedEntry.from_dict({"name": name, **registered.factory}, f"plugin {registered.plugin!r}")
     return entries
 
