@@ -18,29 +18,17 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class _Normalised(torch.utils.data.Dataset):
-    def __init__(self, preprocessing: Preprocessing):
-        self.preprocessing = preprocessing
-        self.mean = torch.tensor(preprocessing.mean).view(3, 1, 1)
-        self.std = torch.tensor(preprocessing.std).view(3, 1, 1)
-
-    def normalise(self, image: Tensor) -> Tensor:
-        """(3, H, W) uint8 -> float, scaled to [0, 1], minus mean, over std."""
-        return (image.float().div_(255) - self.mean) / self.std
-
-
-class TensorImages(_Normalised):
-    """Images held in memory as one (N, 3, H, W) uint8 tensor, normalised on access."""
+class TensorImages(torch.utils.data.Dataset):
+    """Images held in memory as one (N, 3, H, W) uint8 tensor, preprocessed on access."""
 
     def __init__(self, images: Tensor, preprocessing: Preprocessing):
-        super().__init__(preprocessing)
-        self.images = images
+        self.images, self.preprocessing = images, preprocessing
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, index: int) -> Tensor:
-        return self.normalise(self.images[index])
+        return self.preprocessing(self.images[index])
 
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp")
@@ -89,22 +77,17 @@ def warn_skipped(dataset: str, bad: Sequence[Path], rows: int) -> None:
         )
 
 
-class ImageFiles(_Normalised):
-    """Image files, decoded (``read_image``), resized (shorter side) and centre-cropped to the preprocessing's size, normalised."""
+class ImageFiles(torch.utils.data.Dataset):
+    """Image files, decoded (``read_image``) and preprocessed (its resize rule, then normalisation)."""
 
     def __init__(self, paths: Sequence[str | os.PathLike], preprocessing: Preprocessing):
-        super().__init__(preprocessing)
-        self.paths = [Path(p) for p in paths]
+        self.paths, self.preprocessing = [Path(p) for p in paths], preprocessing
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> Tensor:
-        from torchvision.transforms.v2 import functional as F
-
-        size = self.preprocessing.image_size
-        image = F.center_crop(F.resize(read_image(self.paths[index]), size, antialias=True), size)
-        return self.normalise(image)
+        return self.preprocessing(read_image(self.paths[index]), name=f"image {self.paths[index]}")
 
 
 class Triplets(torch.utils.data.Dataset):
@@ -130,31 +113,33 @@ class Triplets(torch.utils.data.Dataset):
 class SampledPairs(torch.utils.data.Dataset):
     """Training triplets drawn afresh by a rule, with no state on the dataset object.
 
-    Item ``j`` takes source image ``sources[j % len(sources)]`` and asks
-    ``draw(source, rng)`` for a (target, text), with ``rng`` seeded from (``seed``, ``j``):
-    the same item is the same triplet in any process, so DataLoader workers are safe and
-    a seed repeats a run, while ``repeats`` copies of every source give each of them
-    that many independent draws per pass over the dataset (the reference code instead
-    keeps a global random state, which workers duplicate).
+    Item ``j`` is ``draw(j, rng)`` -> (source, text, target), with ``rng`` a numpy
+    Generator seeded from (``seed``, ``j``): the same item is the same triplet in any
+    process, so DataLoader workers are safe, and the run's seed repeats an epoch. (The
+    reference code draws from the global random state, which forked workers duplicate.)
+    A dataset that cycles through its sources makes ``length`` a multiple of their
+    number (``PASSES``), so that each source gets that many independent draws a pass.
     """
 
-    def __init__(self, images: torch.utils.data.Dataset, sources: Sequence[int], draw, *, seed: int = 0, repeats: int = 64):
-        if not len(sources):
-            raise DatasetError("no training pairs: no source image has a modification")
-        self.images, self.sources, self.draw, self.seed, self.repeats = images, list(sources), draw, seed, repeats
+    def __init__(self, images: torch.utils.data.Dataset, length: int, draw, *, seed: int = 0, what: str = "dataset"):
+        if length <= 0:
+            raise DatasetError(f"{what}: no training pairs (no source image has a modification)")
+        self.images, self.length, self.draw, self.seed = images, length, draw, seed
 
     def __len__(self) -> int:
-        return len(self.sources) * self.repeats
+        return self.length
 
     def triplet(self, index: int) -> tuple[int, str, int]:
         """(source, text, target) image indices and text of item ``index``, without loading images."""
-        source = self.sources[index % len(self.sources)]
-        target, text = self.draw(source, np.random.default_rng((self.seed, index)))
-        return source, text, target
+        return self.draw(index, np.random.default_rng((self.seed, index)))
 
     def __getitem__(self, index: int) -> dict:
         source, text, target = self.triplet(index)
         return {"source": self.images[source], "text": text, "target": self.images[target]}
+
+
+PASSES = 64
+"""Draws per source image in one pass over a SampledPairs that cycles through its sources."""
 
 
 def label_ids(keys: Sequence, vocabulary: dict | None = None) -> tuple[Tensor, dict]:

@@ -184,27 +184,62 @@ class RetrievalProtocol:
                 raise DatasetError(f"protocol {self.name!r}: labels of view {view!r} do not match")
 
 
+RESIZE_RULES = ("resize_center_crop", "none")
+
+
 @dataclass
 class Preprocessing:
-    """How raw images become model inputs; stored in every checkpoint."""
+    """How raw images become model inputs; stored in every checkpoint.
+
+    ``resize`` is "resize_center_crop" (torchvision Resize(image_size) of the shorter
+    side, then CenterCrop(image_size): the real-image datasets of REFERENCE section 5)
+    or "none" (ToTensor + normalisation only, as google/tirg feeds CSS: images must
+    already be image_size x image_size). ``__call__`` applies the rule and the
+    normalisation to one (3, H, W) uint8 image.
+    """
 
     image_size: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    resize: str = "resize_center_crop"
+
+    def __post_init__(self) -> None:
+        if self.resize not in RESIZE_RULES:
+            raise ValueError(f"unknown resize rule {self.resize!r}; known: {', '.join(RESIZE_RULES)}")
+
+    def __call__(self, image: Tensor, name: str = "image") -> Tensor:
+        """(3, H, W) uint8 -> (3, image_size, image_size) float, normalised; ``name`` labels a size error."""
+        size = self.image_size
+        if self.resize == "resize_center_crop":
+            from torchvision.transforms.v2 import functional as F
+
+            if tuple(image.shape[-2:]) != (size, size):
+                image = F.center_crop(F.resize(image, size, antialias=True), size)
+        elif tuple(image.shape[-2:]) != (size, size):
+            h, w = image.shape[-2:]
+            raise DatasetError(
+                f"{name} is {w}x{h} but this preprocessing takes {size}x{size} images as they are; "
+                f"give --dataset-opt image_size=N to resize and centre-crop them"
+            )
+        mean = torch.tensor(self.mean).view(3, 1, 1)
+        std = torch.tensor(self.std).view(3, 1, 1)
+        return (image.float().div_(255) - mean) / std
 
     def to_dict(self) -> dict[str, Any]:
-        return {"image_size": self.image_size, "mean": list(self.mean), "std": list(self.std)}
+        return {"image_size": self.image_size, "mean": list(self.mean), "std": list(self.std), "resize": self.resize}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Preprocessing":
-        return cls(int(d["image_size"]), tuple(d["mean"]), tuple(d["std"]))
+        # checkpoints written before the rule was recorded resized and centre-cropped
+        return cls(int(d["image_size"]), tuple(d["mean"]), tuple(d["std"]), d.get("resize", "resize_center_crop"))
 
 
 class Dataset:
     """A dataset plugin: training triplets and test protocols.
 
-    ``train_set()`` is a torch Dataset whose items are dicts
-    ``{"source": Tensor, "text": str, "target": Tensor}``; ``train_texts()`` lists
+    ``train_set(seed)`` is a torch Dataset whose items are dicts
+    ``{"source": Tensor, "text": str, "target": Tensor}`` (a dataset that draws its
+    pairs at random draws them from ``seed``, the run's seed); ``train_texts()`` lists
     every training text (for fitting a vocabulary); ``protocols()`` names the test
     protocols and ``protocol(name)`` builds one. ``default_loss`` is the loss the
     paper used on it.
@@ -217,7 +252,7 @@ class Dataset:
     def config(self) -> dict[str, Any]:
         return dict(getattr(self, "_options", {}))
 
-    def train_set(self) -> torch.utils.data.Dataset:
+    def train_set(self, seed: int = 0) -> torch.utils.data.Dataset:
         raise NotImplementedError
 
     def train_texts(self) -> list[str]:

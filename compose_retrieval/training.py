@@ -255,7 +255,7 @@ def train(
 
     generator = torch.Generator().manual_seed(config.seed)
     loader = torch.utils.data.DataLoader(
-        dataset.train_set(),
+        dataset.train_set(seed=config.seed),
         batch_size=config.batch_size,
         shuffle=True,
         drop_last=True,

@@ -67,16 +67,19 @@ def test_protocols_3d_and_2d_to_3d(written):
         css.protocol("3D")
 
 
-def _hand_made(root: Path, labels=True) -> Path:
+def _hand_made(root: Path, labels=True, more_mods=False) -> Path:
     """Four test images; images 2 and 3 are duplicates of one scene. One query: 0 -> 2.
 
-    labels: True (a list), "dict" (image id -> label), False (none).
+    labels: True (a list), "dict" (image id -> label), False (none). more_mods: a
+    second modification with three pairs (1 -> 2, 1 -> 3, 0 -> 1).
     """
     obj = lambda c: {"pos": (0.5, 0.5), "color": c, "shape": "circle", "size": "large"}  # noqa: E731
     record = {
         "objects_img": [[obj("red")], [obj("blue")], [obj("green")], [obj("green")]],
         "mods": [{"from": [0], "to": [2], "to_str": "make red circle green"}],
     }
+    if more_mods:
+        record["mods"].append({"from": [1, 1, 0], "to": [2, 3, 1], "to_str": "make it blue or green"})
     if labels:
         record["labels"] = [0, 1, 2, 2] if labels is True else {0: 0, 1: 1, 2: 2, 3: 2}
     data = {"train": record, "test": record}
@@ -111,13 +114,16 @@ def test_make_css_then_train_through_the_cli(tmp_path):
     result = invoke("data", "make-css", "--out", root, "--train-scenes", 48, "--test-scenes", 16, "--mods-per-scene", 2, "--image-size", 32)
     assert result.exit_code == 0, result.output
     assert (root / DATA_FILE).is_file() and image_path(root, "test", 0).is_file()
-    result = invoke("train", *TINY_CLI_MODEL, "--dataset", "css", "--data-root", root, "--dataset-opt", "image_size=32",
-                    "--run-dir", tmp_path / "run")
+    result = invoke("train", *TINY_CLI_MODEL, "--dataset", "css", "--data-root", root, "--run-dir", tmp_path / "run")
     assert result.exit_code == 0, result.output
     assert "protocol: 3d" in result.output and (tmp_path / "run" / "model.safetensors").exists()
+    model, _ = compose_retrieval.load_pretrained(str(tmp_path / "run" / "model.safetensors"))
+    assert model.preprocessing.to_dict()["resize"] == "none" and model.preprocessing.image_size == 32  # recorded
     # make-css never writes into a folder that holds something
     result = invoke("data", "make-css", "--out", root)
-    assert result.exit_code == 1 and "exists and is not empty" in result.stderr
+    assert result.exit_code == 1 and "exists and is not an empty folder" in result.stderr
+    result = invoke("data", "make-css", "--out", root / DATA_FILE)  # nor over a file
+    assert result.exit_code == 1 and "exists and is not an empty folder" in result.stderr
 
 
 def _error(root, *fragments, **options):
@@ -156,3 +162,44 @@ def test_a_corrupt_render_is_named_or_skipped(tmp_path):
         with pytest.raises(DatasetError, match="no pairs left after skipping 1 unreadable image"):
             _load(root, skip_unreadable=True)
     assert any("skipped 1 unreadable image(s) and the 1 row(s)" in str(w.message) for w in caught)
+
+
+def test_training_draws_a_modification_then_one_of_its_pairs(tmp_path):
+    css = _load(_hand_made(tmp_path / "data", more_mods=True))
+    train = css.train_set(seed=3)
+    assert len(train) == 4  # an epoch has as many draws as the split has images, as in google/tirg
+    draws = [train.triplet(i) for i in range(600)]
+    assert set(draws) <= set(css.splits["train"].pairs)
+    share = sum(text == "make red circle green" for _, text, _ in draws) / len(draws)
+    assert 0.42 < share < 0.58  # each modification half the time, though it has 1 of the 4 pairs
+    assert draws[:50] == [css.train_set(seed=3).triplet(i) for i in range(50)]  # the run's seed repeats them
+    assert draws[:50] != [css.train_set(seed=4).triplet(i) for i in range(50)]
+
+
+def test_images_are_fed_as_they_are_unless_a_size_is_asked(tmp_path):
+    root = _hand_made(tmp_path / "data")
+    css = compose_retrieval.create("dataset", "css", data_root=str(root))
+    assert (css.preprocessing.image_size, css.preprocessing.resize) == (32, "none")
+    assert css.protocol("3d").gallery[0].shape == (3, 32, 32)
+    resized = compose_retrieval.create("dataset", "css", data_root=str(root), image_size=16)
+    assert (resized.preprocessing.resize, resized.protocol("3d").gallery[0].shape) == ("resize_center_crop", (3, 16, 16))
+    from PIL import Image
+    Image.new("RGB", (40, 32)).save(image_path(root, "test", 1))
+    with pytest.raises(DatasetError, match=r"css_test_000001\.png is 40x32 but this preprocessing takes 32x32 images"):
+        css.protocol("3d").gallery[1]
+
+
+def test_skipping_an_unreadable_image_keeps_the_other_pairs_right(tmp_path):
+    root = _hand_made(tmp_path / "data", more_mods=True)
+    for split in ("train", "test"):
+        image_path(root, split, 1).write_bytes(b"\x89PNG broken")  # the blue circle
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        css = _load(root, skip_unreadable=True)
+    assert any("skipped 1 unreadable image(s) and the 3 row(s)" in str(w.message) for w in caught)
+    # images 0, 2, 3 remain as 0, 1, 2; the first modification survives, renumbered
+    assert css.splits["test"].pairs == [(0, "make red circle green", 1)]
+    protocol = css.protocol("3d")
+    hits = (protocol.gallery_labels["label"] == protocol.query_labels["label"][0]).nonzero().flatten().tolist()
+    assert hits == [1, 2] and protocol.query_exclude.tolist() == [0]
+    assert torch.equal(protocol.gallery[1], protocol.gallery[2])  # the two green duplicates

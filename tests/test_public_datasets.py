@@ -63,7 +63,8 @@ def test_fashion200k_training_pairs_are_siblings(tmp_path):
     train = dataset.train_set()
     captions = [c for _, c in dataset.images["train"]]
     # "green maxi dressdotmark" has no sibling: never a source; every other image is
-    assert sorted(captions[s] for s in train.sources) == sorted(TRAIN_CAPTIONS[:4] * 2)
+    assert sorted(captions[s] for s in dataset.sources) == sorted(TRAIN_CAPTIONS[:4] * 2)
+    assert {train.triplet(i)[0] for i in range(len(train))} == set(dataset.sources)
     for index in range(0, len(train), 7):
         source, text, target = train.triplet(index)
         a, b = captions[source].split(), captions[target].split()
@@ -71,7 +72,7 @@ def test_fashion200k_training_pairs_are_siblings(tmp_path):
         assert sum(x != y for x, y in zip(a, b)) == 1  # one word replaced: they share a parent
         assert text == different_words(captions[source], captions[target])[2]
     assert train.triplet(5) == fashion(tmp_path).train_set().triplet(5)  # a seed repeats the draws
-    assert [train.triplet(i) for i in range(40)] != [fashion(tmp_path, seed=1).train_set().triplet(i) for i in range(40)]
+    assert [train.triplet(i) for i in range(40)] != [dataset.train_set(seed=1).triplet(i) for i in range(40)]
 
 
 def test_fashion200k_queries_and_caption_hits(tmp_path):
@@ -83,8 +84,9 @@ def test_fashion200k_queries_and_caption_hits(tmp_path):
 
 
 def test_fashion200k_workers_and_errors(tmp_path):
-    train = fashion(make_fashion200k(tmp_path / "ok")).train_set()
-    train.repeats = 2
+    dataset = fashion(make_fashion200k(tmp_path / "ok"))
+    train = dataset.train_set()
+    train.length = 2 * len(dataset.sources)  # two draws a source keep the test short
     assert_workers_give_valid_pairs(train)
     with pytest.raises(DatasetError, match="no train label files"):
         fashion(tmp_path)
@@ -138,7 +140,7 @@ def test_mitstates_targets_share_the_noun_and_differ_in_adjective(tmp_path):
         source, text, target = train.triplet(index)
         assert images[target][2] == images[source][2]
         assert images[target][1] == text != images[source][1]
-    train.repeats = 2
+    train.length = 2 * len(dataset.sources)  # two draws a source keep the test short
     assert_workers_give_valid_pairs(train)
 
 

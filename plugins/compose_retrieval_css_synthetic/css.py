@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from compose_retrieval.data import (
-    IMAGENET_MEAN, IMAGENET_STD, ImageFiles, TensorImages, Triplets, label_ids, readable_images, warn_skipped,
+    IMAGENET_MEAN, IMAGENET_STD, ImageFiles, SampledPairs, TensorImages, label_ids, read_image, readable_images, warn_skipped,
 )
 from compose_retrieval.errors import DatasetError
 from compose_retrieval.interfaces import Dataset, Preprocessing, RetrievalProtocol
@@ -36,7 +37,11 @@ def drawable(objects: list[dict[str, Any]]) -> list[tuple[float, float, int, int
 
 
 class _Split:
-    """One split's images (paths, objects, labels) and its (from, text, to) pairs, after skipping unreadable images."""
+    """One split's images (paths, objects, labels) and its modifications, after skipping unreadable images.
+
+    ``mods`` keeps the file's grouping: (text, [(from, to), ...]) per modification;
+    ``pairs`` lists every (from, text, to) of them.
+    """
 
     def __init__(self, root: Path, name: str, record: dict[str, Any], skip_unreadable: bool):
         self.objects = list(record["objects_img"])
@@ -50,7 +55,7 @@ class _Split:
                 self.labels = [labels[i] for i in range(n)]
             except (KeyError, IndexError):
                 raise DatasetError(f"css: split {name!r} has labels for {len(labels)} of its {n} images") from None
-        self.pairs = [(int(f), str(m["to_str"]), int(t)) for m in record["mods"] for f, t in zip(m["from"], m["to"])]
+        self.mods = [(str(m["to_str"]), [(int(f), int(t)) for f, t in zip(m["from"], m["to"])]) for m in record["mods"]]
         for f, _, t in self.pairs:
             if not (0 <= f < n and 0 <= t < n):
                 raise DatasetError(f"css: split {name!r} has a modification between images {f} and {t}, but only {n} images")
@@ -61,14 +66,25 @@ class _Split:
             good, bad = readable_images(self.paths)
             keep = [i for i, p in enumerate(self.paths) if p in good]
             new = {old: i for i, old in enumerate(keep)}
-            pairs = [(new[f], text, new[t]) for f, text, t in self.pairs if f in new and t in new]
-            warn_skipped(f"css {name}", bad, len(self.pairs) - len(pairs))
+            before = len(self.pairs)
+            mods = [(text, [(new[f], new[t]) for f, t in pairs if f in new and t in new]) for text, pairs in self.mods]
+            self.mods = [(text, pairs) for text, pairs in mods if pairs]
+            warn_skipped(f"css {name}", bad, before - len(self.pairs))
             self.objects = [self.objects[i] for i in keep]
             self.paths = [self.paths[i] for i in keep]
             self.labels = [self.labels[i] for i in keep]
-            self.pairs = pairs
-            if not pairs:
+            if not self.mods:
                 raise DatasetError(f"css: split {name!r} has no pairs left after skipping {len(bad)} unreadable image(s)")
+
+    @property
+    def pairs(self) -> list[tuple[int, str, int]]:
+        return [(f, text, t) for text, pairs in self.mods for f, t in pairs]
+
+    def draw(self, index: int, rng: np.random.Generator) -> tuple[int, str, int]:
+        """A training pair as google/tirg draws one: a random modification, then one of its (from, to) pairs."""
+        text, pairs = self.mods[rng.integers(len(self.mods))]
+        source, target = pairs[rng.integers(len(pairs))]
+        return source, text, target
 
 
 class CSS(Dataset):
@@ -82,26 +98,37 @@ class CSS(Dataset):
     gallery are the PNG renders) and "2d-to-3d" (the query image is the flat 2D drawing
     of the scene, drawn from its objects; the gallery is rendered). A query's own
     source is not ranked; a hit is any gallery image with the target's scene label, so
-    duplicates of a scene count. Training uses every (from, text, to) pair of the train
-    split's modifications once per epoch, in an order drawn from the run's seed; it
-    keeps no pairing state, so any number of DataLoader workers gives valid pairs.
-    (google/tirg draws one random modification per source image per epoch instead.)
-    Options: ``image_size`` (64), ``skip_unreadable``.
+    duplicates of a scene count. Images are fed as google/tirg feeds them, ToTensor and
+    normalisation only (all must be square and the same size), unless ``image_size``
+    asks for a resize and centre crop. Training draws as google/tirg does, as many
+    pairs an epoch as the split has images: a random modification, then a random one
+    of its (from, to) pairs, from the run's seed and with no state on the dataset, so
+    any number of DataLoader workers gives valid pairs. (google/tirg also makes every
+    second item reuse the previous item's source with another modification; with a
+    shuffled sampler those two items rarely share a batch, so this loader does not.)
+    Options: ``image_size`` (None: the images' own size), ``skip_unreadable``.
     """
 
     default_loss = "soft_triplet"
 
-    def __init__(self, data_root: str | None = None, image_size: int = 64, skip_unreadable: bool = False):
+    def __init__(self, data_root: str | None = None, image_size: int | None = None, skip_unreadable: bool = False):
         if data_root is None:
             raise DatasetError(f"css reads the original files: give --data-root DIR with {LAYOUT}")
         root = Path(data_root)
         data = read_data_file(root)
-        self.preprocessing = Preprocessing(image_size, IMAGENET_MEAN, IMAGENET_STD)
         self.splits = {s: _Split(root, s, check_split(data, s, root), skip_unreadable) for s in ("train", "test")}
+        if image_size is None:
+            first = self.splits["train"].paths[0]
+            height, width = read_image(first).shape[-2:]
+            if height != width:
+                raise DatasetError(f"css: {first} is {width}x{height}, not square; give --dataset-opt image_size=N to resize and centre-crop")
+            self.preprocessing = Preprocessing(height, IMAGENET_MEAN, IMAGENET_STD, resize="none")
+        else:
+            self.preprocessing = Preprocessing(image_size, IMAGENET_MEAN, IMAGENET_STD)
 
-    def train_set(self) -> Triplets:
+    def train_set(self, seed: int = 0) -> SampledPairs:
         s = self.splits["train"]
-        return Triplets(ImageFiles(s.paths, self.preprocessing), *zip(*s.pairs))
+        return SampledPairs(ImageFiles(s.paths, self.preprocessing), len(s.paths), s.draw, seed=seed, what="css")
 
     def train_texts(self) -> list[str]:
         return [text for _, text, _ in self.splits["train"].pairs]

@@ -108,8 +108,8 @@ def write_css(dataset: Any, out: str | os.PathLike) -> Path:
     from PIL import Image
 
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise DatasetError(f"{out} exists and is not empty; choose a new folder for the CSS files")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise DatasetError(f"{out} exists and is not an empty folder; choose a new folder for the CSS files")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:

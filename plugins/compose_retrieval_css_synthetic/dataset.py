@@ -97,7 +97,7 @@ class CSSSynthetic(Dataset):
             raise OptionError(f"css-synthetic has no style {style!r}; its styles: {', '.join(STYLES)}")
         self.seed, self.image_size, self.style = seed, image_size, style
         self.train_scenes, self.test_scenes, self.mods_per_scene = train_scenes, test_scenes, mods_per_scene
-        self.preprocessing = Preprocessing(image_size, IMAGENET_MEAN, IMAGENET_STD)
+        self.preprocessing = Preprocessing(image_size, IMAGENET_MEAN, IMAGENET_STD, resize="none")
 
     @cached_property
     def splits(self) -> dict[str, Split]:
@@ -110,7 +110,7 @@ class CSSSynthetic(Dataset):
         render = render_3d if (style or self.style) == "3d" else render_2d
         return TensorImages(torch.from_numpy(render(self.splits[split].scenes, self.image_size)), self.preprocessing)
 
-    def train_set(self) -> Triplets:
+    def train_set(self, seed: int = 0) -> Triplets:
         s = self.splits["train"]
         return Triplets(self.images("train"), s.sources, s.texts, s.targets)
 

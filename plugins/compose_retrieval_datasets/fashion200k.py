@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from compose_retrieval.data import (
-    IMAGENET_MEAN, IMAGENET_STD, ImageFiles, SampledPairs, label_ids, readable_images, warn_skipped,
+    IMAGENET_MEAN, IMAGENET_STD, PASSES, ImageFiles, SampledPairs, label_ids, readable_images, warn_skipped,
 )
 from compose_retrieval.errors import DatasetError
 from compose_retrieval.interfaces import Dataset, Preprocessing, RetrievalProtocol
@@ -80,20 +80,19 @@ class Fashion200k(Dataset):
     test_queries.txt against every test image; a hit is a gallery image with the
     target's caption; the source is not ranked. The LSTM vocabulary is fitted on the
     training captions, as in the reference code (so "replace" and "with" are unknown
-    words there too). Options: ``image_size`` (224), ``skip_unreadable``, ``seed``
-    (the pair draws).
+    words there too). Pairs are drawn from the run's seed. Options: ``image_size``
+    (224), ``skip_unreadable``.
     """
 
     default_loss = "batch_softmax"
 
-    def __init__(self, data_root: str | None = None, image_size: int = 224, skip_unreadable: bool = False, seed: int = 0):
+    def __init__(self, data_root: str | None = None, image_size: int = 224, skip_unreadable: bool = False):
         if data_root is None:
             raise DatasetError(f"fashion200k reads the published files: give --data-root DIR with {LAYOUT}")
         self.root = Path(data_root)
         if not self.root.is_dir():
             raise DatasetError(f"fashion200k: data root {self.root} does not exist; expected {LAYOUT}")
         self.preprocessing = Preprocessing(image_size, IMAGENET_MEAN, IMAGENET_STD)
-        self.seed = seed
         self.images = {split: read_labels(self.root, split) for split in ("train", "test")}
         for split, images in self.images.items():
             missing = next((p for p, _ in images if not (self.root / p).is_file()), None)
@@ -118,8 +117,11 @@ class Fashion200k(Dataset):
         for parent, children in self.children.items():
             for child in children:
                 self.parents[child].append(parent)
+        self.sources = [i for i, c in enumerate(captions) if c in self.parents]  # images with a sibling caption
 
-    def draw(self, source: int, rng: np.random.Generator) -> tuple[int, str]:
+    def draw(self, index: int, rng: np.random.Generator) -> tuple[int, str, int]:
+        """Item ``index`` of the training pairs: (source, text, target), the source cycling through ``self.sources``."""
+        source = self.sources[index % len(self.sources)]
         caption = self.images["train"][source][1]
         while True:
             parent = self.parents[caption][rng.integers(len(self.parents[caption]))]
@@ -127,12 +129,12 @@ class Fashion200k(Dataset):
             if sibling != caption:
                 break
         target = self.caption_images[sibling][rng.integers(len(self.caption_images[sibling]))]
-        return target, different_words(caption, sibling)[2]
+        return source, different_words(caption, sibling)[2], target
 
-    def train_set(self) -> SampledPairs:
+    def train_set(self, seed: int = 0) -> SampledPairs:
         train = self.images["train"]
-        sources = [i for i, (_, c) in enumerate(train) if c in self.parents]
-        return SampledPairs(ImageFiles([self.root / p for p, _ in train], self.preprocessing), sources, self.draw, seed=self.seed)
+        images = ImageFiles([self.root / p for p, _ in train], self.preprocessing)
+        return SampledPairs(images, len(self.sources) * PASSES, self.draw, seed=seed, what="fashion200k")
 
     def train_texts(self) -> list[str]:
         return [c for _, c in self.images["train"]]

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from compose_retrieval.data import (
-    IMAGE_SUFFIXES, IMAGENET_MEAN, IMAGENET_STD, ImageFiles, SampledPairs, label_ids, readable_images, warn_skipped,
+    IMAGE_SUFFIXES, IMAGENET_MEAN, IMAGENET_STD, PASSES, ImageFiles, SampledPairs, label_ids, readable_images, warn_skipped,
 )
 from compose_retrieval.errors import DatasetError
 from compose_retrieval.interfaces import Dataset, Preprocessing, RetrievalProtocol
@@ -33,20 +33,19 @@ class MITStates(Dataset):
     test image; a hit is an image with the target's caption, and the protocol also
     reports recall when only the adjective ("adjective_recall@K") or only the noun
     ("noun_recall@K") has to match. The vocabulary is fitted on the training captions,
-    as in the reference code. Options: ``image_size`` (224), ``skip_unreadable``,
-    ``seed`` (the pair draws).
+    as in the reference code. Pairs are drawn from the run's seed. Options:
+    ``image_size`` (224), ``skip_unreadable``.
     """
 
     default_loss = "batch_softmax"
 
-    def __init__(self, data_root: str | None = None, image_size: int = 224, skip_unreadable: bool = False, seed: int = 0):
+    def __init__(self, data_root: str | None = None, image_size: int = 224, skip_unreadable: bool = False):
         if data_root is None:
             raise DatasetError(f"mitstates reads the published files: give --data-root DIR with {LAYOUT}")
         folder = Path(data_root) / "images"
         if not folder.is_dir():
             raise DatasetError(f"mitstates: {folder} not found; expected {LAYOUT}")
         self.preprocessing = Preprocessing(image_size, IMAGENET_MEAN, IMAGENET_STD)
-        self.seed = seed
         self.images: dict[str, list[tuple[Path, str, str]]] = {"train": [], "test": []}  # (path, adjective, noun)
         for pair in sorted(folder.iterdir()):
             if not pair.is_dir() or " " not in pair.name:
@@ -65,6 +64,8 @@ class MITStates(Dataset):
             if not self.images[split]:
                 raise DatasetError(f"mitstates: no {split} images under {folder} (test nouns: armor, bracelet, ...); expected {LAYOUT}")
         self.adjectives = {split: self._adjectives(images) for split, images in self.images.items()}
+        # training sources: images whose noun is seen with another adjective
+        self.sources = [i for i, (_, _, noun) in enumerate(self.images["train"]) if len(self.adjectives["train"][noun]) >= 2]
 
     @staticmethod
     def _adjectives(images: list[tuple[Path, str, str]]) -> dict[str, dict[str, list[int]]]:
@@ -74,17 +75,19 @@ class MITStates(Dataset):
             index[noun][adjective].append(i)
         return index
 
-    def draw(self, source: int, rng: np.random.Generator) -> tuple[int, str]:
+    def draw(self, index: int, rng: np.random.Generator) -> tuple[int, str, int]:
+        """Item ``index`` of the training pairs: (source, text, target), the source cycling through ``self.sources``."""
+        source = self.sources[index % len(self.sources)]
         _, adjective, noun = self.images["train"][source]
         others = [a for a in self.adjectives["train"][noun] if a != adjective]
         target_adjective = others[rng.integers(len(others))]
         targets = self.adjectives["train"][noun][target_adjective]
-        return targets[rng.integers(len(targets))], target_adjective
+        return source, target_adjective, targets[rng.integers(len(targets))]
 
-    def train_set(self) -> SampledPairs:
+    def train_set(self, seed: int = 0) -> SampledPairs:
         train = self.images["train"]
-        sources = [i for i, (_, _, noun) in enumerate(train) if len(self.adjectives["train"][noun]) >= 2]
-        return SampledPairs(ImageFiles([p for p, _, _ in train], self.preprocessing), sources, self.draw, seed=self.seed)
+        images = ImageFiles([p for p, _, _ in train], self.preprocessing)
+        return SampledPairs(images, len(self.sources) * PASSES, self.draw, seed=seed, what="mitstates")
 
     def train_texts(self) -> list[str]:
         return [f"{adjective} {noun}" for _, adjective, noun in self.images["train"]]
