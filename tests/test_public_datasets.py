@@ -171,3 +171,49 @@ def test_mitstates_errors(tmp_path):
     _jpeg(tmp_path / "images" / "ripe apple" / "0.jpg", 0)
     with pytest.raises(DatasetError, match="no test images"):
         mitstates(tmp_path)
+
+
+def test_mitstates_no_queries_and_the_extra_recalls_when_evaluated(tmp_path):
+    from compose_retrieval.evaluation import evaluate
+    from conftest import tiny_model
+
+    metrics = evaluate(tiny_model(), mitstates(make_mitstates(tmp_path / "ok")).protocol(), batch_size=4)
+    for k in (1, 5, 10):
+        assert {f"recall@{k}", f"adjective_recall@{k}", f"noun_recall@{k}"} <= set(metrics)
+        assert metrics[f"noun_recall@{k}"] >= metrics[f"recall@{k}"]  # the noun rule is the looser one
+    root = tmp_path / "one-adjective"
+    for folder in ("ripe apple", "sliced apple", "ripe tomato"):  # the test noun tomato has one adjective
+        _jpeg(root / "images" / folder / "0.jpg", 0)
+    with pytest.raises(DatasetError, match="no test noun has two adjectives"):
+        mitstates(root).protocol()
+    root = tmp_path / "no-pairs"
+    for folder in ("ripe apple", "ripe tomato", "sliced tomato"):  # apple, the one training noun, has one adjective
+        _jpeg(root / "images" / folder / "0.jpg", 0)
+    with pytest.raises(DatasetError, match="mitstates: no training pairs"):
+        mitstates(root).train_set()
+
+
+def test_unreadable_images_are_skipped_and_counted(tmp_path):
+    root = make_mitstates(tmp_path / "mit")
+    (root / "images" / "moldy tomato" / "0.jpg").write_bytes(b"not a jpeg")
+    with pytest.warns(UserWarning, match="mitstates test: skipped 1 unreadable image"):
+        dataset = mitstates(root, skip_unreadable=True)
+    assert len(dataset.images["test"]) == 5 and "moldy" not in dataset.protocol().query_texts
+    root = make_fashion200k(tmp_path / "fashion")
+    (root / "women/dresses/casual_and_day_dresses/test1/0.jpeg").write_bytes(b"not a jpeg")  # a query's target
+    with pytest.raises(DatasetError, match=r"cannot decode image .*test1/0\.jpeg"):
+        fashion(root).protocol().gallery[1]
+    with pytest.warns(UserWarning, match="fashion200k test: skipped 1 unreadable image"):
+        dataset = fashion(root, skip_unreadable=True)
+    assert dataset.protocol().query_texts == ["replace white with black"]  # the other query lost its target
+    d = root / "women/dresses/casual_and_day_dresses"
+    (root / "test_queries.txt").write_text(f"{d.relative_to(root)}/test0/0.jpeg {d.relative_to(root)}/test1/0.jpeg\n")
+    with pytest.raises(DatasetError, match="test_queries.txt has no queries left"), pytest.warns(UserWarning):
+        fashion(root, skip_unreadable=True).protocol()
+
+
+def test_fashion200k_empty_caption_is_named(tmp_path):
+    root = make_fashion200k(tmp_path)
+    (root / "labels" / "dress_train_detect_all.txt").write_text("women/x.jpeg\t0.5\t \n")
+    with pytest.raises(DatasetError, match=r"dress_train_detect_all.txt line 1 has an empty caption"):
+        fashion(root)

@@ -163,6 +163,11 @@ def test_layout_errors_name_the_path_and_the_layout(tmp_path):
     _error(root, "train.csv line 2 has no 'text'")
     (root / "train.csv").write_text("source,text,target\n")
     _error(root, "train.csv has no rows")
+    root = make_folder(tmp_path / "bom")  # a spreadsheet's byte-order mark is not part of the first column's name
+    (root / "train.csv").write_text("\ufeff" + (root / "train.csv").read_text(), encoding="utf-8")
+    assert create(root).train_set().triplet(0)[1] == "make it blue"
+    (root / "queries.jsonl").write_text('["gallery/red-square-1.png", "make it blue", "gallery/blue-square-1.png"]\n')
+    _error(root, "queries.jsonl line 1 is not a JSON object")
     root = make_folder(tmp_path / "d4")
     (root / "gallery" / "blue-square-1.png").unlink()
     _error(root, "image not found", "blue-square-1.png")  # named by the query that lists it

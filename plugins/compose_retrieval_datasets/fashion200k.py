@@ -51,6 +51,8 @@ def read_labels(root: Path, split: str) -> list[tuple[str, str]]:
             fields = line.split("\t")
             if len(fields) < 3:
                 raise DatasetError(f"{path} line {number} has {len(fields)} tab-separated fields; expected image path, detection score, caption")
+            if not fields[2].strip():
+                raise DatasetError(f"{path} line {number} has an empty caption; every image needs one")
             images.append((fields[0].strip(), clean_caption(fields[2])))
     return images
 

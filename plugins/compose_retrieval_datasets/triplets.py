@@ -31,7 +31,7 @@ def _find(root: Path, stem: str) -> Path | None:
 def read_manifest(path: Path, columns: tuple[str, ...], optional: tuple[str, ...] = ()) -> list[dict[str, str]]:
     """Rows of a CSV (with a header) or JSON-lines file, each with ``columns`` present and non-empty."""
     rows: list[dict[str, str]] = []
-    with path.open(newline="", encoding="utf-8") as f:
+    with path.open(newline="", encoding="utf-8-sig") as f:  # -sig: spreadsheets often write a byte-order mark
         if path.suffix == ".csv":
             records = enumerate(csv.DictReader(f), start=2)  # line 1 is the header
         else:
@@ -42,6 +42,8 @@ def read_manifest(path: Path, columns: tuple[str, ...], optional: tuple[str, ...
                         records.append((line_number, json.loads(line)))
                     except json.JSONDecodeError as exc:
                         raise DatasetError(f"{path} line {line_number} is not JSON ({exc.msg})") from None
+                    if not isinstance(records[-1][1], dict):
+                        raise DatasetError(f"{path} line {line_number} is not a JSON object; write one {{\"{columns[0]}\": ...}} object a line")
         for line_number, record in records:
             missing = [c for c in columns if not str(record.get(c) or "").strip()]
             if missing:
@@ -67,7 +69,7 @@ class UserTriplets(Dataset):
     A retrieved gallery image is a hit when it is the query's listed target or, when
     the gallery has a ``label`` column, any image with the target's label (duplicates,
     other photos of the same product). A query's own source image, when it is in the
-    gallery, is not ranked. Images are decoded with torchvision, resized (shorter side)
+    gallery, is not ranked. Images are decoded with Pillow, resized (shorter side)
     and centre-cropped to ``image_size``, normalised with ImageNet statistics.
     Options: ``image_size`` (224), ``skip_unreadable`` (drop rows whose images do not
     decode, and say how many, instead of failing).
