@@ -228,7 +228,7 @@ def evaluate(
         print_metrics(metrics, str(path))
 
 
-zoo_app = typer.Typer(help="Named checkpoints: list them, see one.", no_args_is_help=True)
+zoo_app = typer.Typer(help="Named checkpoints: list them, see one, export or import one.", no_args_is_help=True)
 app.add_typer(zoo_app, name="zoo")
 
 
@@ -310,7 +310,7 @@ def add_plugin_commands() -> None:
     global _plugin_commands_added
     if not _plugin_commands_added:
         _plugin_commands_added = True
-        registry.get_plugin_manager().hook.register_commands(app=app, data=data_app)
+        registry.get_plugin_manager().hook.register_commands(app=app, data=data_app, zoo=zoo_app)
 
 
 def main() -> None:

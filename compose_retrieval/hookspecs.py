@@ -53,6 +53,7 @@ def register_pretrained(register):
 
 
 @hookspec
-def register_commands(app, data):
+def register_commands(app, data, zoo):
     """Add commands to the ``compose-retrieval`` CLI: ``app`` is the Typer app, ``data`` its
-    ``compose-retrieval data`` group (commands that make or inspect datasets)."""
+    ``compose-retrieval data`` group (commands that make or inspect datasets), ``zoo`` its
+    ``compose-retrieval zoo`` group (commands that make checkpoints for the zoo)."""

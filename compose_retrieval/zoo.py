@@ -61,6 +61,7 @@ class PretrainedEntry:
     protocol: str | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
     command: str | None = None  # what reproduces (or produces) the file
+    source_url: str | None = None  # where the original of an imported checkpoint is published
     source: str = "model_zoo/manifest.json"
 
     @classmethod

@@ -28,9 +28,10 @@ class LSTMTextEncoder(TextEncoder):
         self._cache: dict[str, list[int]] = {}
 
     def fit(self, texts: Iterable[str]) -> None:
-        self._set_vocabulary(Vocabulary.from_texts(texts))
+        self.set_vocabulary(Vocabulary.from_texts(texts))
 
-    def _set_vocabulary(self, vocabulary: Vocabulary) -> None:
+    def set_vocabulary(self, vocabulary: Vocabulary) -> None:
+        """Use ``vocabulary``; the embedding is rebuilt at its size (fresh weights)."""
         self.vocabulary = vocabulary
         self._cache.clear()
         device = self.embedding.weight.device
@@ -40,7 +41,7 @@ class LSTMTextEncoder(TextEncoder):
         return {"vocabulary": self.vocabulary.words}
 
     def load_extra_state_metadata(self, state: dict[str, Any]) -> None:
-        self._set_vocabulary(Vocabulary(state["vocabulary"]))
+        self.set_vocabulary(Vocabulary(state["vocabulary"]))
 
     def token_ids(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, T) padded ids and (B,) lengths; an empty text becomes one unknown token."""
