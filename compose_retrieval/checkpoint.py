@@ -18,12 +18,14 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from . import registry
 from .errors import CheckpointError, UnknownNameError
 from .interfaces import Preprocessing
 from .model import ComposedRetrievalModel, ModelSpec, build_model
 
 FORMAT_VERSION = 1
-_JSON_KEYS = ("model", "extra_state", "preprocessing", "recipe", "metrics")
+_JSON_KEYS = ("model", "extra_state", "preprocessing", "recipe", "metrics", "plugins")
+_COMPONENTS = ("image_encoder", "text_encoder", "combiner")
 
 
 _UMASK = os.umask(0)
@@ -71,6 +73,8 @@ def save_checkpoint(
         "preprocessing": json.dumps(model.preprocessing.to_dict() if model.preprocessing else None),
         "recipe": json.dumps(recipe or {}),
         "metrics": json.dumps(metrics or {}),
+        # which plugin (and package) provided each component, so a machine without it is told what to install
+        "plugins": json.dumps({key: _provenance(key, getattr(model.spec, key).name) for key in _COMPONENTS}),
     }
     atomic_write(path, lambda tmp: save_file(state, tmp, metadata=metadata))
     return Path(path)
@@ -110,9 +114,16 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         preprocessing = Preprocessing.from_dict(meta["preprocessing"]) if meta["preprocessing"] else None
         model = build_model(spec, preprocessing, for_checkpoint=True)
     except UnknownNameError as exc:
+        origin = next((o for k, o in (meta["plugins"] or {}).items() if getattr(spec, k).name == exc.name), None)
+        if origin and origin.get("package"):
+            install = f"it came from plugin {origin['plugin']!r} of the package {origin['package']!r}: pip install {origin['package']}"
+        elif origin:
+            install = f"it came from plugin {origin['plugin']!r}, registered in-process (register_plugin): register it again"
+        else:
+            install = "install the plugin that registers it"
         raise CheckpointError(
-            f"{path} needs the {exc.kind} {exc.name!r}, which no installed plugin provides; "
-            f"install the plugin that registers it (installed {exc.kind}s: {', '.join(exc.available) or 'none'})"
+            f"{path} needs the {exc.kind} {exc.name!r}, which no installed plugin provides; {install} "
+            f"(installed {exc.kind}s: {', '.join(exc.available) or 'none'})"
         ) from None
     model.load_extra_state_metadata(meta["extra_state"] or {})
     state = load_file(str(path), device=str(map_location))
@@ -121,19 +132,33 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     unexpected = sorted(set(state) - set(expected))
     wrong = [k for k in expected if k in state and expected[k].shape != state[k].shape]
     if missing or unexpected or wrong:
+
+        def named(key: str) -> str:  # "combiner 'tirg' weights": the component, then the tensor
+            head, _, rest = key.partition(".")
+            return f"{head} {getattr(spec, head).name!r} {rest}" if head in _COMPONENTS else key
+
         parts = []
         if missing:
-            parts.append(f"missing {_few(missing)}")
+            parts.append(f"missing {_few([named(k) for k in missing])}")
         if unexpected:
-            parts.append(f"unexpected {_few(unexpected)}")
+            parts.append(f"unexpected {_few([named(k) for k in unexpected])}")
         if wrong:
-            parts.append(
-                "shape mismatch " + _few([f"{k} (file {tuple(state[k].shape)}, model {tuple(expected[k].shape)})" for k in wrong])
-            )
-        raise CheckpointError(f"{path} does not match the model it describes: {'; '.join(parts)}")
+            parts.append("shape mismatch " + _few(
+                [f"{named(k)} (file {tuple(state[k].shape)}, model {tuple(expected[k].shape)})" for k in wrong]))
+        raise CheckpointError(
+            f"{path} does not match the model it describes: {'; '.join(parts)} "
+            "(was it written by another version of that plugin?)"
+        )
     model.load_state_dict(state, strict=True)
     model.to(map_location).eval()
     return model, meta
+
+
+def _provenance(kind: str, name: str) -> dict[str, str] | None:
+    try:
+        return registry.provenance(kind, name)
+    except UnknownNameError:  # a component built outside the registry
+        return None
 
 
 def _few(items: list[str], n: int = 4) -> str:

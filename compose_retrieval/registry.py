@@ -34,6 +34,7 @@ ENTRY_POINT_GROUP = hookspecs.PROJECT
 
 _pm: pluggy.PluginManager | None = None
 _tables: dict[str, dict[str, Registered]] = {}
+_distributions: dict[str, str] = {}  # entry-point plugin name -> the installed package that declares it
 
 
 def _display(kind: str) -> str:
@@ -60,6 +61,8 @@ def get_plugin_manager() -> pluggy.PluginManager:
                 )
                 continue
             pm.register(plugin, name=ep.name)
+            if getattr(ep, "dist", None) is not None:
+                _distributions[ep.name] = ep.dist.name
         _pm = pm
     return _pm
 
@@ -69,6 +72,7 @@ def reload_plugins() -> None:
     global _pm
     _pm = None
     _tables.clear()
+    _distributions.clear()
 
 
 def register_plugin(plugin: Any, name: str | None = None) -> str:
@@ -196,6 +200,15 @@ def check_options(kind: str, name: str, options: dict[str, Any], *, engine_argum
             hint = f" Did you mean {close[0]!r}?" if close else ""
             listing = ", ".join(settable) or "none"
             raise OptionError(f"{_display(kind)} {entry.name!r} has no option {key!r}.{hint} Its options: {listing}.")
+
+
+def provenance(kind: str, name: str) -> dict[str, str]:
+    """Where the component ``name`` of ``kind`` comes from: its plugin and, for an entry point, its package."""
+    entry = get_entry(kind, name)
+    found = {"plugin": entry.plugin}
+    if entry.plugin in _distributions:
+        found["package"] = _distributions[entry.plugin]
+    return found
 
 
 def describe(kind: str, pattern: str = "*") -> list[tuple[str, str, str]]:
