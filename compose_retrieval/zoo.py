@@ -1,12 +1,12 @@
 """The model zoo: named checkpoints, resolved to a local safetensors file and loaded.
 
-``load_pretrained("tirg-css-synthetic")`` looks the name up in model_zoo/manifest.json
+``load_pretrained("tirg-css-synthetic")`` looks the name up in compose_retrieval/model_zoo/manifest.json
 and in the entries plugins register (``register_pretrained``), then finds the file:
 
 1. a path to a checkpoint file (or a run directory) is used as it is;
 2. a name already in the cache directory (``cache_dir`` argument, else the environment
    variable COMPOSE_RETRIEVAL_CACHE, else ~/.cache/compose-retrieval) is used from there;
-3. a file shipped in model_zoo/ is used from there;
+3. a file shipped in compose_retrieval/model_zoo/ (package data) is used from there;
 4. otherwise it is downloaded from the entry's URL (or Hugging Face Hub id), checked
    against its sha256 and moved into the cache whole. With ``offline=True`` (or
    COMPOSE_RETRIEVAL_OFFLINE=1 or HF_HUB_OFFLINE=1) a missing file is an error that
@@ -43,8 +43,8 @@ SUFFIX = ".safetensors"
 
 
 def zoo_dir() -> Path:
-    """model_zoo/ of the source checkout this package runs from (editable installs)."""
-    return Path(__file__).resolve().parent.parent / "model_zoo"
+    """compose_retrieval/model_zoo/: the manifest and the shipped checkpoints (package data in a wheel)."""
+    return Path(__file__).resolve().parent / "model_zoo"
 
 
 @dataclass
@@ -62,7 +62,7 @@ class PretrainedEntry:
     metrics: dict[str, Any] = field(default_factory=dict)
     command: str | None = None  # what reproduces (or produces) the file
     source_url: str | None = None  # where the original of an imported checkpoint is published
-    source: str = "model_zoo/manifest.json"
+    source: str = "compose_retrieval/model_zoo/manifest.json"
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str) -> "PretrainedEntry":
