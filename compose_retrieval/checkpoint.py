@@ -112,6 +112,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     spec = ModelSpec.from_dict(meta["model"])
     try:
         preprocessing = Preprocessing.from_dict(meta["preprocessing"]) if meta["preprocessing"] else None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{path} records a preprocessing this version cannot apply ({exc}); upgrade compose-retrieval") from None
+    try:
         model = build_model(spec, preprocessing, for_checkpoint=True)
     except UnknownNameError as exc:
         origin = next((o for k, o in (meta["plugins"] or {}).items() if getattr(spec, k).name == exc.name), None)

@@ -117,8 +117,8 @@ class SampledPairs(torch.utils.data.Dataset):
     Generator seeded from (``seed``, ``j``): the same item is the same triplet in any
     process, so DataLoader workers are safe, and the run's seed repeats an epoch. (The
     reference code draws from the global random state, which forked workers duplicate.)
-    A dataset that cycles through its sources makes ``length`` a multiple of their
-    number (``PASSES``), so that each source gets that many independent draws a pass.
+    Item ``j`` is the same triplet in every epoch, so ``length`` should hold as many
+    draws as a run uses: datasets make it ``PASSES`` times their sources or images.
     """
 
     def __init__(self, images: torch.utils.data.Dataset, length: int, draw, *, seed: int = 0, what: str = "dataset"):
@@ -139,7 +139,7 @@ class SampledPairs(torch.utils.data.Dataset):
 
 
 PASSES = 64
-"""Draws per source image in one pass over a SampledPairs that cycles through its sources."""
+"""Draws per source (or per image) in one epoch of a SampledPairs: enough that a run rarely meets a draw twice."""
 
 
 def label_ids(keys: Sequence, vocabulary: dict | None = None) -> tuple[Tensor, dict]:

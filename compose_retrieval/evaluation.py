@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -118,8 +119,12 @@ def evaluate_checkpoint(
     recipe = meta.get("recipe") or {}
     if "dataset" not in recipe:
         raise CheckpointError(f"{path} records no dataset; it cannot be evaluated without one")
-    dataset = registry.create(
-        "dataset", recipe["dataset"], data_root=data_root or recipe.get("data_root"), **recipe.get("dataset_options", {})
-    )
+    options = dict(recipe.get("dataset_options", {}))
+    accepted = registry.accepted_options("dataset", recipe["dataset"])
+    for key in [k for k in options if accepted is not None and k not in accepted]:
+        warnings.warn(f"{path} records the dataset option {key}={options.pop(key)!r}, which {recipe['dataset']!r} no longer takes; evaluating without it")
+    dataset = registry.create("dataset", recipe["dataset"], data_root=data_root or recipe.get("data_root"), **options)
+    if model.preprocessing is not None:  # feed the images as the model was trained on them
+        dataset.preprocessing = model.preprocessing
     protocol = protocol or (meta.get("metrics") or {}).get("protocol")
     return evaluate(model, dataset.protocol(protocol), batch_size=batch_size, device=device)

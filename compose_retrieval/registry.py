@@ -174,6 +174,17 @@ def create(kind: str, name: str, *args: Any, **options: Any) -> Any:
 ENGINE_ARGUMENTS = {"image_dim", "text_dim", "embed_dim", "map_channels", "token_dim", "block_channels", "out_dim", "data_root"}
 
 
+def accepted_options(kind: str, name: str) -> list[str] | None:
+    """The keyword arguments the factory of ``name`` takes, or None when it takes any (``**kwargs``)."""
+    try:
+        params = inspect.signature(get_entry(kind, name).factory).parameters
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return None
+    return [n for n, p in params.items() if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+
+
 def check_options(kind: str, name: str, options: dict[str, Any], *, engine_arguments: bool = False) -> None:
     """Unknown option names are a one-line error listing the options that exist.
 
@@ -181,13 +192,9 @@ def check_options(kind: str, name: str, options: dict[str, Any], *, engine_argum
     ``engine_arguments=True`` allows them, for the engine's own calls.
     """
     entry = get_entry(kind, name)
-    try:
-        params = inspect.signature(entry.factory).parameters
-    except (TypeError, ValueError):
+    accepted = accepted_options(kind, name)
+    if accepted is None:
         return
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return
-    accepted = [n for n, p in params.items() if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
     settable = [n for n in accepted if n not in ENGINE_ARGUMENTS]
     for key in options:
         if key in ENGINE_ARGUMENTS and key in accepted and not engine_arguments:

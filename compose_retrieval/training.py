@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import inspect
 import json
 import math
 import random
@@ -193,6 +194,13 @@ def _set_lr(optimizer: torch.optim.Optimizer, config: TrainConfig, step: int) ->
     return lr
 
 
+def _train_set(dataset, seed: int) -> torch.utils.data.Dataset:
+    """``dataset.train_set(seed=...)``; a plugin written before the seed argument gets ``train_set()``."""
+    if "seed" in inspect.signature(dataset.train_set).parameters:
+        return dataset.train_set(seed=seed)
+    return dataset.train_set()
+
+
 def _endless(loader):
     while True:
         try:
@@ -255,7 +263,7 @@ def train(
 
     generator = torch.Generator().manual_seed(config.seed)
     loader = torch.utils.data.DataLoader(
-        dataset.train_set(seed=config.seed),
+        _train_set(dataset, config.seed),
         batch_size=config.batch_size,
         shuffle=True,
         drop_last=True,

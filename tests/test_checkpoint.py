@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 
 import pytest
@@ -90,3 +91,36 @@ def test_a_combiner_whose_plugin_is_gone_names_the_plugin_and_its_package(tmp_pa
     message = _error(path)  # the package is uninstalled now
     assert "needs the combiner 'fancy', which no installed plugin provides" in message
     assert "plugin 'fancy' of the package 'fancy-combiners': pip install fancy-combiners" in message
+
+
+def test_a_preprocessing_rule_from_a_newer_version_is_one_line(tmp_path):
+    path = save_checkpoint(tiny_model("tirg"), tmp_path / "model.safetensors")
+    edited = _rewrite(path, tmp_path, metadata={"preprocessing": json.dumps(
+        {"image_size": 32, "mean": [0, 0, 0], "std": [1, 1, 1], "resize": "letterbox"})})
+    assert "records a preprocessing this version cannot apply (unknown resize rule 'letterbox'" in _error(edited)
+
+
+def test_evaluation_drops_a_dataset_option_that_no_longer_exists(tmp_path):
+    from compose_retrieval.evaluation import evaluate_checkpoint
+
+    from conftest import TINY_DATASET
+
+    recipe = {"dataset": "css-synthetic", "dataset_options": {**TINY_DATASET, "pair_seed": 3}}
+    path = save_checkpoint(tiny_model("tirg"), tmp_path / "model.safetensors", recipe=recipe)
+    with pytest.warns(UserWarning, match=r"dataset option pair_seed=3, which 'css-synthetic' no longer takes"):
+        metrics = evaluate_checkpoint(path, device="cpu")
+    assert 0 <= metrics["recall@1"] <= 1
+
+
+def test_a_dataset_plugin_without_the_seed_argument_still_trains():
+    from compose_retrieval.training import _train_set
+
+    class Old:
+        def train_set(self):
+            return "pairs"
+
+    class New:
+        def train_set(self, seed=0):
+            return seed
+
+    assert _train_set(Old(), 7) == "pairs" and _train_set(New(), 7) == 7

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from compose_retrieval.data import (
-    IMAGENET_MEAN, IMAGENET_STD, ImageFiles, SampledPairs, TensorImages, label_ids, read_image, readable_images, warn_skipped,
+    IMAGENET_MEAN, IMAGENET_STD, PASSES, ImageFiles, SampledPairs, TensorImages, label_ids, read_image, readable_images, warn_skipped,
 )
 from compose_retrieval.errors import DatasetError
 from compose_retrieval.interfaces import Dataset, Preprocessing, RetrievalProtocol
@@ -55,7 +55,10 @@ class _Split:
                 self.labels = [labels[i] for i in range(n)]
             except (KeyError, IndexError):
                 raise DatasetError(f"css: split {name!r} has labels for {len(labels)} of its {n} images") from None
-        self.mods = [(str(m["to_str"]), [(int(f), int(t)) for f, t in zip(m["from"], m["to"])]) for m in record["mods"]]
+        mods = [(str(m["to_str"]), [(int(f), int(t)) for f, t in zip(m["from"], m["to"])]) for m in record["mods"]]
+        self.mods = [(text, pairs) for text, pairs in mods if pairs]  # a modification with no pair is never drawn
+        if n == 0 or not self.mods:
+            raise DatasetError(f"css: split {name!r} has {n} images and {len(self.mods)} modifications with pairs; it needs both")
         for f, _, t in self.pairs:
             if not (0 <= f < n and 0 <= t < n):
                 raise DatasetError(f"css: split {name!r} has a modification between images {f} and {t}, but only {n} images")
@@ -100,10 +103,10 @@ class CSS(Dataset):
     source is not ranked; a hit is any gallery image with the target's scene label, so
     duplicates of a scene count. Images are fed as google/tirg feeds them, ToTensor and
     normalisation only (all must be square and the same size), unless ``image_size``
-    asks for a resize and centre crop. Training draws as google/tirg does, as many
-    pairs an epoch as the split has images: a random modification, then a random one
-    of its (from, to) pairs, from the run's seed and with no state on the dataset, so
-    any number of DataLoader workers gives valid pairs. (google/tirg also makes every
+    asks for a resize and centre crop. Training draws pairs as google/tirg does, a
+    random modification, then a random one of its (from, to) pairs, every draw fresh
+    (an epoch holds 64 draws per image), from the run's seed and with no state on the
+    dataset, so any number of DataLoader workers gives valid pairs. (google/tirg also makes every
     second item reuse the previous item's source with another modification; with a
     shuffled sampler those two items rarely share a batch, so this loader does not.)
     Options: ``image_size`` (None: the images' own size), ``skip_unreadable``.
@@ -128,7 +131,9 @@ class CSS(Dataset):
 
     def train_set(self, seed: int = 0) -> SampledPairs:
         s = self.splits["train"]
-        return SampledPairs(ImageFiles(s.paths, self.preprocessing), len(s.paths), s.draw, seed=seed, what="css")
+        # PASSES x as many draws as google/tirg's epoch (one per image): item j is fixed by (seed, j),
+        # so a shorter dataset would repeat its draws every pass
+        return SampledPairs(ImageFiles(s.paths, self.preprocessing), len(s.paths) * PASSES, s.draw, seed=seed, what="css")
 
     def train_texts(self) -> list[str]:
         return [text for _, text, _ in self.splits["train"].pairs]

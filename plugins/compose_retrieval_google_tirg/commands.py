@@ -22,5 +22,6 @@ def import_tirg_command(
 
     with errors_as_exit():
         out = import_tirg(file, dataset, data_root, name=name, cache_dir=cache_dir)
-    zoo_name = name or RELEASES[dataset][0]
-    console.print(f"wrote {out}; evaluate it with: compose-retrieval evaluate {zoo_name} --data-root {data_root}")
+    # the zoo name finds the file only in the default cache and under a manifest name; the path always does
+    target = RELEASES[dataset][0] if name is None and cache_dir is None else out
+    console.print(f"wrote {out}; evaluate it with: compose-retrieval evaluate {target}")

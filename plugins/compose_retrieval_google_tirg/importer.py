@@ -26,6 +26,7 @@ word ids can differ from the authors' run (the likely cause of the "R@1 2.7 inst
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 from pathlib import Path
 
@@ -71,8 +72,11 @@ def read_original(path: str | os.PathLike) -> dict[str, Tensor]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path} not found; download it first (see `compose-retrieval zoo info tirg-fashion200k`)")
+    if not hasattr(torch.serialization, "safe_globals"):  # torch 2.4: only the process-wide allow-list
+        torch.serialization.add_safe_globals([argparse.Namespace])
+    allow = getattr(torch.serialization, "safe_globals", lambda _: contextlib.nullcontext())
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
+        with allow([argparse.Namespace]):
             saved = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # the restricted unpickler and the zip reader raise many kinds
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
@@ -174,6 +178,6 @@ def import_tirg(
     out.parent.mkdir(parents=True, exist_ok=True)
     recipe = {
         "imported_from": str(path), "sha256": sha256_of(path), "release": RELEASES[dataset][1],
-        "dataset": dataset, "data_root": str(data_root),
+        "dataset": dataset, "data_root": str(Path(data_root).resolve()),
     }
     return save_pretrained(model.eval(), out, recipe=recipe)
