@@ -206,6 +206,8 @@ class Preprocessing:
     def __post_init__(self) -> None:
         if self.resize not in RESIZE_RULES:
             raise ValueError(f"unknown resize rule {self.resize!r}; known: {', '.join(RESIZE_RULES)}")
+        self._mean = torch.tensor(self.mean).view(3, 1, 1)  # built once, not per image
+        self._std = torch.tensor(self.std).view(3, 1, 1)
 
     def __call__(self, image: Tensor, name: str = "image") -> Tensor:
         """(3, H, W) uint8 -> (3, image_size, image_size) float, normalised; ``name`` labels a size error."""
@@ -221,9 +223,7 @@ class Preprocessing:
                 f"{name} is {w}x{h} but this preprocessing takes {size}x{size} images as they are; "
                 f"give --dataset-opt image_size=N to resize and centre-crop them"
             )
-        mean = torch.tensor(self.mean).view(3, 1, 1)
-        std = torch.tensor(self.std).view(3, 1, 1)
-        return (image.float().div_(255) - mean) / std
+        return (image.float().div_(255) - self._mean) / self._std
 
     def to_dict(self) -> dict[str, Any]:
         return {"image_size": self.image_size, "mean": list(self.mean), "std": list(self.std), "resize": self.resize}
