@@ -91,12 +91,18 @@ class ImageFiles(torch.utils.data.Dataset):
 
 
 class Triplets(torch.utils.data.Dataset):
-    """Training triplets (source image, text, target image) over an image dataset."""
+    """Training triplets (source image, text, target image) over an image dataset.
 
-    def __init__(self, images: torch.utils.data.Dataset, sources: Sequence[int], texts: Sequence[str], targets: Sequence[int]):
+    ``source_images`` (default: ``images``) renders the sources differently from the
+    targets, indexed alike (css's 2d-to-3d trains from flat drawings to renders).
+    """
+
+    def __init__(self, images: torch.utils.data.Dataset, sources: Sequence[int], texts: Sequence[str], targets: Sequence[int],
+                 *, source_images: torch.utils.data.Dataset | None = None):
         if not (len(sources) == len(texts) == len(targets)):
             raise DatasetError(f"triplets: sources, texts and targets differ in length ({len(sources)}, {len(texts)}, {len(targets)})")
         self.images, self.sources, self.texts, self.targets = images, list(sources), list(texts), list(targets)
+        self.source_images = images if source_images is None else source_images
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -107,7 +113,7 @@ class Triplets(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict:
         source, text, target = self.triplet(index)
-        return {"source": self.images[source], "text": text, "target": self.images[target]}
+        return {"source": self.source_images[source], "text": text, "target": self.images[target]}
 
 
 class SampledPairs(torch.utils.data.Dataset):
@@ -121,10 +127,12 @@ class SampledPairs(torch.utils.data.Dataset):
     draws as a run uses: datasets make it ``PASSES`` times their sources or images.
     """
 
-    def __init__(self, images: torch.utils.data.Dataset, length: int, draw, *, seed: int = 0, what: str = "dataset"):
+    def __init__(self, images: torch.utils.data.Dataset, length: int, draw, *, seed: int = 0, what: str = "dataset",
+                 source_images: torch.utils.data.Dataset | None = None):
         if length <= 0:
             raise DatasetError(f"{what}: no training pairs (no source image has a modification)")
         self.images, self.length, self.draw, self.seed = images, length, draw, seed
+        self.source_images = images if source_images is None else source_images  # as in Triplets
 
     def __len__(self) -> int:
         return self.length
@@ -135,7 +143,7 @@ class SampledPairs(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict:
         source, text, target = self.triplet(index)
-        return {"source": self.images[source], "text": text, "target": self.images[target]}
+        return {"source": self.source_images[source], "text": text, "target": self.images[target]}
 
 
 PASSES = 64

@@ -237,9 +237,11 @@ class Preprocessing:
 class Dataset:
     """A dataset plugin: training triplets and test protocols.
 
-    ``train_set(seed)`` is a torch Dataset whose items are dicts
+    ``train_set(seed, protocol)`` is a torch Dataset whose items are dicts
     ``{"source": Tensor, "text": str, "target": Tensor}`` (a dataset that draws its
-    pairs at random draws them from ``seed``, the run's seed); ``train_texts()`` lists
+    pairs at random draws them from ``seed``, the run's seed; ``protocol`` is the one
+    the run is tested on, for a dataset whose training follows it: css's 2d-to-3d
+    trains from flat drawings to renders); ``train_texts()`` lists
     every training text (for fitting a vocabulary); ``protocols()`` names the test
     protocols and ``protocol(name)`` builds one. ``default_loss`` is the loss the
     paper used on it.
@@ -252,7 +254,7 @@ class Dataset:
     def config(self) -> dict[str, Any]:
         return dict(getattr(self, "_options", {}))
 
-    def train_set(self, seed: int = 0) -> torch.utils.data.Dataset:
+    def train_set(self, seed: int = 0, protocol: str | None = None) -> torch.utils.data.Dataset:
         raise NotImplementedError
 
     def train_texts(self) -> list[str]:

@@ -194,11 +194,10 @@ def _set_lr(optimizer: torch.optim.Optimizer, config: TrainConfig, step: int) ->
     return lr
 
 
-def _train_set(dataset, seed: int) -> torch.utils.data.Dataset:
-    """``dataset.train_set(seed=...)``; a plugin written before the seed argument gets ``train_set()``."""
-    if "seed" in inspect.signature(dataset.train_set).parameters:
-        return dataset.train_set(seed=seed)
-    return dataset.train_set()
+def _train_set(dataset, seed: int, protocol: str | None) -> torch.utils.data.Dataset:
+    """``dataset.train_set(seed=..., protocol=...)``, passing only what a plugin's signature takes (older ones take neither)."""
+    accepted = inspect.signature(dataset.train_set).parameters
+    return dataset.train_set(**{k: v for k, v in (("seed", seed), ("protocol", protocol)) if k in accepted})
 
 
 def _endless(loader):
@@ -263,7 +262,7 @@ def train(
 
     generator = torch.Generator().manual_seed(config.seed)
     loader = torch.utils.data.DataLoader(
-        _train_set(dataset, config.seed),
+        _train_set(dataset, config.seed, protocol.name),
         batch_size=config.batch_size,
         shuffle=True,
         drop_last=True,

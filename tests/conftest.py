@@ -151,5 +151,6 @@ def assert_workers_give_valid_pairs(train: torch.utils.data.Dataset, workers: in
     assert len(first) == len(train)
     assert all(t1 == t2 and torch.equal(s1, s2) and torch.equal(g1, g2) for (t1, s1, g1), (t2, s2, g2) in zip(first, second))
     key = [train.images[i].numpy().tobytes() for i in range(len(train.images))]  # pixels identify an image
-    pairs = sorted((text, key[s], key[t]) for s, text, t in map(train.triplet, range(len(train))))
+    source_key = [train.source_images[i].numpy().tobytes() for i in range(len(train.source_images))]
+    pairs = sorted((text, source_key[s], key[t]) for s, text, t in map(train.triplet, range(len(train))))
     assert sorted((text, s.numpy().tobytes(), t.numpy().tobytes()) for text, s, t in first) == pairs  # every pair, once

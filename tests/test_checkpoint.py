@@ -119,8 +119,13 @@ def test_a_dataset_plugin_without_the_seed_argument_still_trains():
         def train_set(self):
             return "pairs"
 
-    class New:
+    class Seeded:
         def train_set(self, seed=0):
             return seed
 
-    assert _train_set(Old(), 7) == "pairs" and _train_set(New(), 7) == 7
+    class New:
+        def train_set(self, seed=0, protocol=None):
+            return seed, protocol
+
+    assert _train_set(Old(), 7, "3d") == "pairs" and _train_set(Seeded(), 7, "3d") == 7
+    assert _train_set(New(), 7, "3d") == (7, "3d")

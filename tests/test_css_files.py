@@ -211,3 +211,17 @@ def test_skipping_an_unreadable_image_keeps_the_other_pairs_right(tmp_path):
     hits = (protocol.gallery_labels["label"] == protocol.query_labels["label"][0]).nonzero().flatten().tolist()
     assert hits == [1, 2] and protocol.query_exclude.tolist() == [0]
     assert torch.equal(protocol.gallery[1], protocol.gallery[2])  # the two green duplicates
+
+
+def test_a_run_for_2d_to_3d_trains_from_drawings_to_renders(tmp_path):
+    root = _hand_made(tmp_path / "data")  # renders are flat colour squares, unlike the drawings
+    css = _load(root)
+    crossed, rendered = css.train_set(seed=1, protocol="2d-to-3d"), css.train_set(seed=1, protocol="3d")
+    drawings = css.drawings(css.splits["train"])
+    for i in range(8):
+        source, _, target = crossed.triplet(i)
+        assert crossed.triplet(i) == rendered.triplet(i)
+        assert torch.equal(crossed[i]["source"], drawings[source]) and not torch.equal(crossed[i]["source"], rendered[i]["source"])
+        assert torch.equal(crossed[i]["target"], rendered[i]["target"])
+    crossed.length = 40
+    assert_workers_give_valid_pairs(crossed)

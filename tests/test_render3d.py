@@ -75,6 +75,12 @@ def test_css_synthetic_3d_style_has_the_css_protocols():
     flat = compose_retrieval.create("dataset", "css-synthetic", **TINY_DATASET).images("test")
     assert torch.equal(two.query_images[0], flat[0]) and not torch.equal(two.query_images[0], two.gallery[0])
     assert dataset.train_set()[0]["source"].shape == (3, TINY_DATASET["image_size"], TINY_DATASET["image_size"])
+    # trained for 2d-to-3d: flat sources, rendered targets, the same pairs
+    rendered, crossed = dataset.train_set(), dataset.train_set(protocol="2d-to-3d")
+    flat_train = compose_retrieval.create("dataset", "css-synthetic", **TINY_DATASET).images("train")
+    source, _, target = crossed.triplet(0)
+    assert crossed.triplet(0) == rendered.triplet(0)
+    assert torch.equal(crossed[0]["source"], flat_train[source]) and torch.equal(crossed[0]["target"], rendered[0]["target"])
     with pytest.raises(DatasetError, match=r"style 3d\) has no protocol '2d'"):
         dataset.protocol("2d")
     with pytest.raises(OptionError, match="no style '4d'"):

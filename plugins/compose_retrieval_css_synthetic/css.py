@@ -101,7 +101,9 @@ class CSS(Dataset):
     gallery are the PNG renders) and "2d-to-3d" (the query image is the flat 2D drawing
     of the scene, drawn from its objects; the gallery is rendered). A query's own
     source is not ranked; a hit is any gallery image with the target's scene label, so
-    duplicates of a scene count. Images are fed as google/tirg feeds them, ToTensor and
+    duplicates of a scene count. A run tested on 2d-to-3d trains from the drawings of
+    the sources to the renders of the targets (trained on renders alone, a model meets
+    drawings first at test time and ranks at chance). Images are fed as google/tirg feeds them, ToTensor and
     normalisation only (all must be square and the same size), unless ``image_size``
     asks for a resize and centre crop. Training draws pairs as google/tirg does, a
     random modification, then a random one of its (from, to) pairs, every draw fresh
@@ -129,11 +131,17 @@ class CSS(Dataset):
         else:
             self.preprocessing = Preprocessing(image_size, IMAGENET_MEAN, IMAGENET_STD)
 
-    def train_set(self, seed: int = 0) -> SampledPairs:
+    def train_set(self, seed: int = 0, protocol: str | None = None) -> SampledPairs:
         s = self.splits["train"]
         # PASSES x as many draws as google/tirg's epoch (one per image): item j is fixed by (seed, j),
         # so a shorter dataset would repeat its draws every pass
-        return SampledPairs(ImageFiles(s.paths, self.preprocessing), len(s.paths) * PASSES, s.draw, seed=seed, what="css")
+        return SampledPairs(ImageFiles(s.paths, self.preprocessing), len(s.paths) * PASSES, s.draw, seed=seed, what="css",
+                            source_images=self.drawings(s) if protocol == "2d-to-3d" else None)
+
+    def drawings(self, split: _Split) -> TensorImages:
+        """The flat 2D drawings of a split's scenes, drawn from the objects in the file."""
+        drawn = render_objects_2d([drawable(objects) for objects in split.objects], self.preprocessing.image_size)
+        return TensorImages(torch.from_numpy(drawn), self.preprocessing)
 
     def train_texts(self) -> list[str]:
         return [text for _, text, _ in self.splits["train"].pairs]
@@ -147,11 +155,7 @@ class CSS(Dataset):
             raise DatasetError(f"css has no protocol {name!r}; its protocols: {', '.join(PROTOCOLS)}")
         s = self.splits["test"]
         gallery = ImageFiles(s.paths, self.preprocessing)
-        if name == "3d":
-            queries = gallery
-        else:
-            drawings = render_objects_2d([drawable(objects) for objects in s.objects], self.preprocessing.image_size)
-            queries = TensorImages(torch.from_numpy(drawings), self.preprocessing)
+        queries = gallery if name == "3d" else self.drawings(s)
         sources = torch.tensor([f for f, _, _ in s.pairs])
         gallery_labels, vocabulary = label_ids(s.labels)
         query_labels, _ = label_ids([s.labels[t] for _, _, t in s.pairs], vocabulary)

@@ -110,9 +110,11 @@ class CSSSynthetic(Dataset):
         render = render_3d if (style or self.style) == "3d" else render_2d
         return TensorImages(torch.from_numpy(render(self.splits[split].scenes, self.image_size)), self.preprocessing)
 
-    def train_set(self, seed: int = 0) -> Triplets:
+    def train_set(self, seed: int = 0, protocol: str | None = None) -> Triplets:
+        """Every (source, text, target) once; for the 2d-to-3d protocol the sources are flat drawings."""
         s = self.splits["train"]
-        return Triplets(self.images("train"), s.sources, s.texts, s.targets)
+        sources = self.images("train", "2d") if protocol == "2d-to-3d" else None
+        return Triplets(self.images("train"), s.sources, s.texts, s.targets, source_images=sources)
 
     def train_texts(self) -> list[str]:
         return list(self.splits["train"].texts)
