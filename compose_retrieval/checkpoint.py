@@ -130,24 +130,13 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         ) from None
     model.load_extra_state_metadata(meta["extra_state"] or {})
     state = load_file(str(path), device=str(map_location))
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = [k for k in expected if k in state and expected[k].shape != state[k].shape]
-    if missing or unexpected or wrong:
 
-        def named(key: str) -> str:  # "combiner 'tirg' weights": the component, then the tensor
-            head, _, rest = key.partition(".")
-            return f"{head} {getattr(spec, head).name!r} {rest}" if head in _COMPONENTS else key
+    def named(key: str) -> str:  # "combiner 'tirg' weights": the component, then the tensor
+        head, _, rest = key.partition(".")
+        return f"{head} {getattr(spec, head).name!r} {rest}" if head in _COMPONENTS else key
 
-        parts = []
-        if missing:
-            parts.append(f"missing {_few([named(k) for k in missing])}")
-        if unexpected:
-            parts.append(f"unexpected {_few([named(k) for k in unexpected])}")
-        if wrong:
-            parts.append("shape mismatch " + _few(
-                [f"{named(k)} (file {tuple(state[k].shape)}, model {tuple(expected[k].shape)})" for k in wrong]))
+    parts = state_mismatches(model.state_dict(), state, named)
+    if parts:
         raise CheckpointError(
             f"{path} does not match the model it describes: {'; '.join(parts)} "
             "(was it written by another version of that plugin?)"
@@ -155,6 +144,23 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     model.load_state_dict(state, strict=True)
     model.to(map_location).eval()
     return model, meta
+
+
+def state_mismatches(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor], named=str) -> list[str]:
+    """What keeps ``state`` from loading strictly into a model whose state dict is ``expected``, one phrase a kind
+    (missing, unexpected, shape mismatch); ``named`` turns a key into the name the user should read."""
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = [k for k in expected if k in state and expected[k].shape != state[k].shape]
+    parts = []
+    if missing:
+        parts.append(f"missing {_few([named(k) for k in missing])}")
+    if unexpected:
+        parts.append(f"unexpected {_few([named(k) for k in unexpected])}")
+    if wrong:
+        parts.append("shape mismatch " + _few(
+            [f"{named(k)} (file {tuple(state[k].shape)}, model {tuple(expected[k].shape)})" for k in wrong]))
+    return parts
 
 
 def _provenance(kind: str, name: str) -> dict[str, str] | None:

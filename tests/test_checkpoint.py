@@ -111,21 +111,3 @@ def test_evaluation_drops_a_dataset_option_that_no_longer_exists(tmp_path):
         metrics = evaluate_checkpoint(path, device="cpu")
     assert 0 <= metrics["recall@1"] <= 1
 
-
-def test_a_dataset_plugin_without_the_seed_argument_still_trains():
-    from compose_retrieval.training import _train_set
-
-    class Old:
-        def train_set(self):
-            return "pairs"
-
-    class Seeded:
-        def train_set(self, seed=0):
-            return seed
-
-    class New:
-        def train_set(self, seed=0, protocol=None):
-            return seed, protocol
-
-    assert _train_set(Old(), 7, "3d") == "pairs" and _train_set(Seeded(), 7, "3d") == 7
-    assert _train_set(New(), 7, "3d") == (7, "3d")

@@ -162,11 +162,11 @@ def test_import_refuses_code_and_names_what_differs(tmp_path, css_root):
     # a parameter of another shape is named with both shapes
     wrong = dict(state, **{"res_info_composer.3.weight": torch.zeros(E, 2 * E)})
     torch.save(wrong, tmp_path / "shape.pth")  # a bare state dict is accepted too
-    with pytest.raises(CheckpointError, match=r"res_info_composer.3.weight: \(16, 32\) in the file, \(32, 32\) here"):
+    with pytest.raises(CheckpointError, match=r"shape mismatch res_info_composer.3.weight \(file \(16, 32\), model \(32, 32\)\)"):
         import_tirg(tmp_path / "shape.pth", "css", css_root, cache_dir=tmp_path)
     missing = {k: v for k, v in state.items() if not k.startswith("text_model.lstm.")}
     torch.save(missing, tmp_path / "missing.pth")
-    with pytest.raises(CheckpointError, match=r"lacks parameters our model needs: text_encoder.lstm"):
+    with pytest.raises(CheckpointError, match=r"does not fit google/tirg's model as rebuilt here: missing text_encoder.lstm"):
         import_tirg(tmp_path / "missing.pth", "css", css_root, cache_dir=tmp_path)
     concat = {k: v for k, v in state.items() if "composer" not in k and k != "a"} | {"composer.m.2.weight": torch.zeros(1)}
     torch.save(concat, tmp_path / "concat.pth")

@@ -130,3 +130,22 @@ def test_init_from_starts_from_a_checkpoint(tiny_run, tmp_path):
     assert again.metrics["recall@1"] == pytest.approx(result.metrics["recall@1"], abs=0.02)  # BatchNorm statistics move a little
     saved = json.loads((tmp_path / "again" / "config.json").read_text())
     assert saved["init_from"] == str(run_dir) and saved["model"]["combiner"]["name"] == "tirg"
+
+
+def test_a_dataset_plugin_without_the_seed_argument_still_trains():
+    from compose_retrieval.training import _train_set
+
+    class Old:
+        def train_set(self):
+            return "pairs"
+
+    class Seeded:
+        def train_set(self, seed=0):
+            return seed
+
+    class New:
+        def train_set(self, seed=0, protocol=None):
+            return seed, protocol
+
+    assert _train_set(Old(), 7, "3d") == "pairs" and _train_set(Seeded(), 7, "3d") == 7
+    assert _train_set(New(), 7, "3d") == (7, "3d")

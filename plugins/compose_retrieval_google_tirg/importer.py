@@ -34,6 +34,7 @@ import torch
 from torch import Tensor
 
 from compose_retrieval import registry
+from compose_retrieval.checkpoint import state_mismatches
 from compose_retrieval.errors import CheckpointError, UnknownNameError
 from compose_retrieval.model import ComponentSpec, ComposedRetrievalModel, ModelSpec, build_model
 from compose_retrieval.zoo import cache_dir as default_cache_dir
@@ -72,11 +73,13 @@ def read_original(path: str | os.PathLike) -> dict[str, Tensor]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path} not found; download it first (see `compose-retrieval zoo info tirg-fashion200k`)")
-    if not hasattr(torch.serialization, "safe_globals"):  # torch 2.4: only the process-wide allow-list
+    if hasattr(torch.serialization, "safe_globals"):
+        allowed = torch.serialization.safe_globals([argparse.Namespace])
+    else:  # torch 2.4 has only the process-wide allow-list
         torch.serialization.add_safe_globals([argparse.Namespace])
-    allow = getattr(torch.serialization, "safe_globals", lambda _: contextlib.nullcontext())
+        allowed = contextlib.nullcontext()
     try:
-        with allow([argparse.Namespace]):
+        with allowed:
             saved = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # the restricted unpickler and the zip reader raise many kinds
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
@@ -130,20 +133,15 @@ def original_spec(state: dict[str, Tensor], combiner: str) -> ModelSpec:
 
 
 def load_into(model: ComposedRetrievalModel, mapped: dict[str, tuple[str, Tensor]]) -> None:
-    """Copy the mapped tensors in, strictly: a missing, extra or differently shaped parameter is named."""
+    """Copy the mapped tensors in, strictly: a missing, extra or differently shaped parameter is named (by google/tirg's name)."""
     ours = model.state_dict()
-    extra = [f"{orig} (as {k})" for k, (orig, _) in mapped.items() if k not in ours]
-    missing = [k for k in ours if k not in mapped and not k.endswith("num_batches_tracked")]
-    shapes = [
-        f"{orig}: {tuple(v.shape)} in the file, {tuple(ours[k].shape)} here"
-        for k, (orig, v) in mapped.items() if k in ours and v.shape != ours[k].shape
-    ]
-    for problem, items in (("has parameters our model lacks", extra), ("lacks parameters our model needs", missing),
-                           ("has parameters of other shapes", shapes)):
-        if items:
-            raise CheckpointError(f"the checkpoint {problem}: {'; '.join(items[:4])}")
+    state = {k: tensor for k, (_, tensor) in mapped.items()}
     # torch < 0.4.1 saved no BatchNorm step counters; they do not affect evaluation
-    state = {k: mapped[k][1] if k in mapped else ours[k] for k in ours}
+    state.update({k: v for k, v in ours.items() if k.endswith("num_batches_tracked") and k not in state})
+    original = {k: orig for k, (orig, _) in mapped.items()}
+    parts = state_mismatches(ours, state, lambda k: original.get(k, k))
+    if parts:
+        raise CheckpointError(f"the checkpoint does not fit google/tirg's model as rebuilt here: {'; '.join(parts)}")
     model.load_state_dict(state, strict=True)
 
 
