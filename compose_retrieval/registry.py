@@ -20,6 +20,7 @@ import pluggy
 from . import hookspecs
 from .errors import ComposeRetrievalError, DuplicateNameError, OptionError, UnknownNameError
 from .interfaces import Registered
+from .options import annotations_of, check_value
 
 # kind -> hook name. The kind is what errors and `compose-retrieval list` call it.
 KINDS: dict[str, str] = {
@@ -193,10 +194,8 @@ def check_options(kind: str, name: str, options: dict[str, Any], *, engine_argum
     """
     entry = get_entry(kind, name)
     accepted = accepted_options(kind, name)
-    if accepted is None:
-        return
-    settable = [n for n in accepted if n not in ENGINE_ARGUMENTS]
-    for key in options:
+    settable = [n for n in accepted or () if n not in ENGINE_ARGUMENTS]
+    for key in options if accepted is not None else ():
         if key in ENGINE_ARGUMENTS and key in accepted and not engine_arguments:
             raise OptionError(
                 f"{_display(kind)} {entry.name!r}: {key!r} is set by the engine, not as an option"
@@ -207,6 +206,9 @@ def check_options(kind: str, name: str, options: dict[str, Any], *, engine_argum
             hint = f" Did you mean {close[0]!r}?" if close else ""
             listing = ", ".join(settable) or "none"
             raise OptionError(f"{_display(kind)} {entry.name!r} has no option {key!r}.{hint} Its options: {listing}.")
+    hints = annotations_of(entry.factory)
+    for key, value in options.items():
+        check_value(f"{_display(kind)} {entry.name!r}", key, value, hints.get(key))
 
 
 def provenance(kind: str, name: str) -> dict[str, str]:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import compose_retrieval
-from compose_retrieval import DatasetError
+from compose_retrieval import DatasetError, OptionError
 from compose_retrieval_css_synthetic.render import render_2d
 from compose_retrieval_css_synthetic.scenes import CELLS, COLORS, EMPTY, SHAPES, SIZES, decode, encode, scene_key
 
@@ -71,8 +71,10 @@ def test_no_test_scene_in_train_split(tiny_dataset):
 
 
 def test_bad_options_are_dataset_errors():
-    with pytest.raises(DatasetError):
+    with pytest.raises(OptionError, match="train_scenes=0 must be between 1"):
         make(train_scenes=0)
+    with pytest.raises(OptionError, match="style='4d' is not one of '2d', '3d'"):
+        make(style="4d")
     with pytest.raises(DatasetError, match="data-root"):
         compose_retrieval.create("dataset", "css-synthetic", data_root="/tmp")
     with pytest.raises(DatasetError, match="protocol"):

@@ -101,8 +101,8 @@ def test_an_option_value_the_component_rejects_is_an_option_error():
     """A factory's own TypeError / ValueError about an option becomes one OptionError naming the component."""
     with pytest.raises(compose_retrieval.OptionError, match=r"film blocks \[7\] must be distinct indices"):
         compose_retrieval.build_model(tiny_spec("film", blocks=[7]))
-    with pytest.raises(compose_retrieval.OptionError, match=r"text encoder 'lstm' cannot be built with options \{'hidden_dim': 'big'\}"):
-        registry.create("text_encoder", "lstm", hidden_dim="big")
+    with pytest.raises(compose_retrieval.OptionError, match=r"text encoder 'lstm': option hidden_dim='big' is not int"):
+        registry.create("text_encoder", "lstm", hidden_dim="big")  # checked from its annotation, before the factory runs
 
 
 def test_create_remembers_options():

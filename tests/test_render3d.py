@@ -83,5 +83,5 @@ def test_css_synthetic_3d_style_has_the_css_protocols():
     assert torch.equal(crossed[0]["source"], flat_train[source]) and torch.equal(crossed[0]["target"], rendered[0]["target"])
     with pytest.raises(DatasetError, match=r"style 3d\) has no protocol '2d'"):
         dataset.protocol("2d")
-    with pytest.raises(OptionError, match="no style '4d'"):
+    with pytest.raises(OptionError, match="option style='4d' is not one of '2d', '3d'"):
         compose_retrieval.create("dataset", "css-synthetic", style="4d")

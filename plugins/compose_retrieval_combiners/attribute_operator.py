@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
 from torch import Tensor, nn
 
 from compose_retrieval.interfaces import Combiner, ImageFeatures, TextFeatures
+from compose_retrieval.options import Range
 
 
 class AttributeOperator(Combiner):
@@ -20,7 +23,7 @@ class AttributeOperator(Combiner):
 
     def __init__(
         self, image_dim: int, text_dim: int, embed_dim: int, *,
-        rank: int = 0, init_scale: float = 0.1,
+        rank: Annotated[int, Range(0, 4096)] = 0, init_scale: Annotated[float, Range(0, 100)] = 0.1,
     ):
         super().__init__()
         self.dim, self.rank = image_dim, rank

@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
 from torch import Tensor, nn
 
 from compose_retrieval.interfaces import Combiner, ImageFeatures, TextFeatures
+from compose_retrieval.options import Range
 
 
 class Concat(Combiner):
@@ -14,7 +17,7 @@ class Concat(Combiner):
     """
 
     def __init__(
-        self, image_dim: int, text_dim: int, embed_dim: int, *, dropout: float = 0.1
+        self, image_dim: int, text_dim: int, embed_dim: int, *, dropout: Annotated[float, Range(0, 0.99)] = 0.1
     ):
         super().__init__()
         width = image_dim + text_dim

@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+from typing import Annotated
+
 from torch import Tensor, nn
 
 from compose_retrieval.interfaces import Combiner, ImageFeatures, TextFeatures
+from compose_retrieval.options import Range
 
 
 class MRNBlock(nn.Module):
@@ -28,7 +31,7 @@ class MRN(Combiner):
     """
 
     def __init__(
-        self, image_dim: int, text_dim: int, embed_dim: int, *, blocks: int = 3
+        self, image_dim: int, text_dim: int, embed_dim: int, *, blocks: Annotated[int, Range(1, 64)] = 3
     ):
         super().__init__()
         self.blocks = nn.ModuleList(MRNBlock(image_dim, text_dim) for _ in range(blocks))

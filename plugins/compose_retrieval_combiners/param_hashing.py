@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
 from torch import Tensor, nn
 
 from compose_retrieval.errors import OptionError
 from compose_retrieval.interfaces import Combiner, ImageFeatures, TextFeatures
+from compose_retrieval.options import Range
 
 
 class ParamHashing(Combiner):
@@ -23,7 +26,7 @@ class ParamHashing(Combiner):
 
     def __init__(
         self, image_dim: int, text_dim: int, embed_dim: int, *,
-        hash_size: int = 40000, hash_seed: int = 0,
+        hash_size: Annotated[int, Range(1, 10_000_000)] = 40000, hash_seed: int = 0,
     ):
         super().__init__()
         if image_dim != embed_dim:

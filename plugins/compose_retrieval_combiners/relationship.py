@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
 from torch import Tensor, nn
 
 from compose_retrieval.interfaces import Combiner, ImageFeatures, TextFeatures
+from compose_retrieval.options import Range
 
 
 def _mlp(sizes: list[int], last_relu: bool) -> nn.Sequential:
@@ -28,7 +31,8 @@ class Relationship(Combiner):
 
     def __init__(
         self, image_dim: int, text_dim: int, embed_dim: int, *, map_channels: int,
-        hidden: int = 256, g_layers: int = 4, f_layers: int = 3,
+        hidden: Annotated[int, Range(1, 16384)] = 256, g_layers: Annotated[int, Range(1, 64)] = 4,
+        f_layers: Annotated[int, Range(1, 64)] = 3,
     ):
         super().__init__()
         cell = map_channels + 2

@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
 from torch import Tensor, nn
 
 from compose_retrieval.interfaces import Combiner, ImageFeatures, TextFeatures
+from compose_retrieval.options import Range
 
 
 class ShowAndTell(Combiner):
@@ -18,7 +21,7 @@ class ShowAndTell(Combiner):
     """
 
     def __init__(
-        self, image_dim: int, text_dim: int, embed_dim: int, *, token_dim: int, hidden_dim: int | None = None
+        self, image_dim: int, text_dim: int, embed_dim: int, *, token_dim: int, hidden_dim: Annotated[int, Range(1, 16384)] | None = None
     ):
         super().__init__()
         hidden = hidden_dim or embed_dim

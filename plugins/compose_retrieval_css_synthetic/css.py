@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import torch
@@ -13,6 +13,7 @@ from compose_retrieval.data import (
 )
 from compose_retrieval.errors import DatasetError
 from compose_retrieval.interfaces import Dataset, Preprocessing, RetrievalProtocol
+from compose_retrieval.options import Range
 
 from .cssfiles import DATA_FILE, LAYOUT, check_split, image_path, read_data_file
 from .render import render_objects_2d
@@ -116,7 +117,8 @@ class CSS(Dataset):
 
     default_loss = "soft_triplet"
 
-    def __init__(self, data_root: str | None = None, image_size: int | None = None, skip_unreadable: bool = False):
+    def __init__(self, data_root: str | None = None, image_size: Annotated[int, Range(8, 4096)] | None = None,
+                 skip_unreadable: bool = False):
         if data_root is None:
             raise DatasetError(f"css reads the original files: give --data-root DIR with {LAYOUT}")
         root = Path(data_root)

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Annotated, Literal
+
 from functools import cached_property
 
 import numpy as np
@@ -8,6 +10,7 @@ import torch
 from compose_retrieval.data import IMAGENET_MEAN, IMAGENET_STD, TensorImages, Triplets, label_ids
 from compose_retrieval.errors import DatasetError, OptionError
 from compose_retrieval.interfaces import Dataset, Preprocessing, RetrievalProtocol
+from compose_retrieval.options import Range
 
 from .render import render_2d
 from .render3d import render_3d
@@ -83,18 +86,14 @@ class CSSSynthetic(Dataset):
         self,
         data_root: str | None = None,
         seed: int = 0,
-        train_scenes: int = 2400,
-        test_scenes: int = 400,
-        mods_per_scene: int = 5,
-        image_size: int = 64,
-        style: str = "2d",
+        train_scenes: Annotated[int, Range(1, 10_000_000)] = 2400,
+        test_scenes: Annotated[int, Range(1, 10_000_000)] = 400,
+        mods_per_scene: Annotated[int, Range(1, 1000)] = 5,
+        image_size: Annotated[int, Range(8, 4096)] = 64,
+        style: Literal["2d", "3d"] = "2d",
     ):
         if data_root is not None:
             raise DatasetError("css-synthetic is generated from its seed and reads no files; drop --data-root")
-        if min(train_scenes, test_scenes, mods_per_scene) < 1:
-            raise DatasetError("css-synthetic needs at least one train scene, one test scene and one modification each")
-        if style not in STYLES:
-            raise OptionError(f"css-synthetic has no style {style!r}; its styles: {', '.join(STYLES)}")
         self.seed, self.image_size, self.style = seed, image_size, style
         self.train_scenes, self.test_scenes, self.mods_per_scene = train_scenes, test_scenes, mods_per_scene
         self.preprocessing = Preprocessing(image_size, IMAGENET_MEAN, IMAGENET_STD, resize="none")

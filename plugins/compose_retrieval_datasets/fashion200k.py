@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from collections import defaultdict
 from pathlib import Path
 
@@ -13,6 +15,7 @@ from compose_retrieval.data import (
 )
 from compose_retrieval.errors import DatasetError
 from compose_retrieval.interfaces import Dataset, Preprocessing, RetrievalProtocol
+from compose_retrieval.options import Range
 
 LAYOUT = (
     "DATA_ROOT/labels/<category>_<split>_detect_all.txt (tab separated: image path, detection score, caption), "
@@ -88,7 +91,8 @@ class Fashion200k(Dataset):
 
     default_loss = "batch_softmax"
 
-    def __init__(self, data_root: str | None = None, image_size: int = 224, skip_unreadable: bool = False):
+    def __init__(self, data_root: str | None = None, image_size: Annotated[int, Range(8, 4096)] = 224,
+                 skip_unreadable: bool = False):
         if data_root is None:
             raise DatasetError(f"fashion200k reads the published files: give --data-root DIR with {LAYOUT}")
         self.root = Path(data_root)

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -15,7 +17,7 @@ class BatchSoftmaxLoss(Loss):
     Option ``similarity``: "dot" (google/tirg's choice) or "l2".
     """
 
-    def __init__(self, similarity: str = "dot"):
+    def __init__(self, similarity: Literal["dot", "l2"] = "dot"):
         super().__init__()
         self.similarity = check_similarity(similarity)
 

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -18,7 +20,7 @@ class SoftTripletLoss(Loss):
     (negative squared distance, google/tirg's choice) or "dot".
     """
 
-    def __init__(self, similarity: str = "l2"):
+    def __init__(self, similarity: Literal["dot", "l2"] = "l2"):
         super().__init__()
         self.similarity = check_similarity(similarity)
 
