@@ -15,7 +15,9 @@ with ``torch.save``. Its model (img_text_composition_models.py, E = embed_dim):
 
 SimpleVocab numbers words by first appearance in the training texts (not sorted), with
 '<UNK>' = 0; the checkpoint does not store it, so the importer rebuilds it from the
-dataset: ``Vocabulary.in_order_of(dataset.train_texts())``. For css the texts' order is
+dataset: ``Vocabulary.in_order_of(dataset.train_texts(), tokenizer="ascii")``, google/tirg's
+tokenizer, which the saved vocabulary records so that the import tokenises as google/tirg
+did (our default for new training is "unicode"). For css the texts' order is
 the order of the file's modifications, so the rebuild is exact. For fashion200k and
 mitstates google/tirg read the label files / folders in os.listdir order, which depends
 on the authors' file system and is lost; this project reads them in sorted order, so
@@ -162,7 +164,7 @@ def import_tirg(
     state = read_original(path)
     combiner = combiner_of(state, path)
     data = registry.create("dataset", dataset, data_root=str(data_root))
-    vocabulary = Vocabulary.in_order_of(data.train_texts())
+    vocabulary = Vocabulary.in_order_of(data.train_texts(), tokenizer="ascii")  # google/tirg's rule; saved with it
     rows = state.get("text_model.embedding_layer.weight")
     if rows is not None and rows.shape[0] != len(vocabulary):
         raise CheckpointError(

@@ -1,9 +1,13 @@
-"""The LSTM text encoder of TIRG, with a vocabulary built from the training texts."""
+"""The LSTM text encoder of TIRG, with a vocabulary built from the training texts.
+
+Texts are split into words by the "unicode" tokenizer (any script) or "ascii"
+(google/tirg's rule, for its checkpoints and for ours saved before the choice existed).
+"""
 
 from compose_retrieval import hookimpl
 
 from .encoder import LSTMTextEncoder
-from .vocabulary import Vocabulary
+from .vocabulary import TOKENIZERS, Vocabulary, ascii_tokenize, unicode_tokenize
 
 
 @hookimpl
