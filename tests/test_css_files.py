@@ -6,7 +6,6 @@ import warnings
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -14,7 +13,7 @@ import compose_retrieval
 from compose_retrieval import DatasetError
 
 from conftest import TINY_CLI_MODEL, TINY_DATASET, assert_workers_give_valid_pairs, invoke
-from compose_retrieval_css_synthetic.cssfiles import DATA_FILE, image_path, scene_objects, write_css, write_data_file
+from compose_retrieval_css_synthetic.cssfiles import DATA_FILE, image_path, read_data_file, scene_objects, write_css, write_data_file
 
 TINY = {k: v for k, v in TINY_DATASET.items()}
 
@@ -144,10 +143,10 @@ def test_errors_name_the_file_and_the_layout(tmp_path):
     (garbage / DATA_FILE).write_bytes(b"\x93NUMPY not really")
     _error(garbage, "cannot read", DATA_FILE)
     root = _hand_made(tmp_path / "nosplit")
-    write_data_file(root, {"train": np.load(root / DATA_FILE, allow_pickle=True).item()["train"]})
+    write_data_file(root, {"train": read_data_file(root)["train"]})
     _error(root, "has no split 'test'", "it has train")
     root = _hand_made(tmp_path / "emptymods")
-    data = np.load(root / DATA_FILE, allow_pickle=True).item()
+    data = read_data_file(root)
     data["train"] = {**data["train"], "mods": [{"from": [], "to": [], "to_str": "make nothing"}]}
     write_data_file(root, data)
     _error(root, "split 'train' has 4 images and 0 modifications with pairs")

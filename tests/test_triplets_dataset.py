@@ -198,3 +198,50 @@ def test_a_corrupt_image_is_named_or_skipped_and_counted(tmp_path):
     assert "skipped 1 unreadable image(s) and the 4 row(s)" in str(warning.message)
     assert len(dataset.train_rows) == 8  # the 4 training pairs from or to the green disc are gone
     assert all(dataset.train_set()[i]["source"].shape == (3, 32, 32) for i in range(8))
+
+
+def test_a_row_with_an_unquoted_comma_is_an_error_not_a_cut_text(tmp_path):
+    root = make_folder(tmp_path)
+    with (root / "train.csv").open("a") as f:
+        f.write("train/red-square.jpg,make it red, then blue,train/blue-square.jpg\n")
+    _error(root, "train.csv line 14 has 4 fields but the header has 3", "double quotes", '"make it red, then blue"')
+    _write_csv(root / "train.csv", ["source", "text", "target"],  # csv.writer quotes it, and the text arrives whole
+               [["train/red-square.jpg", "make it red, then blue", "train/blue-square.jpg"]])
+    assert create(root).train_texts() == ["make it red, then blue"]
+    (root / "train.csv").write_text('source,text,target\ntrain/red-square.jpg,"make it\nblue",train/blue-square.jpg\n'
+                                    "train/red-square.jpg,make it red, then blue,train/blue-square.jpg\n")
+    _error(root, "train.csv line 4 has 4 fields")  # the line in the file, past a quoted line break
+
+
+def test_unknown_columns_and_keys_are_named_with_the_ones_the_file_takes(tmp_path):
+    root = make_folder(tmp_path / "a")
+    _write_csv(root / "train.csv", ["source", "text", "target", "note"], [["train/red-square.jpg", "make it blue", "train/blue-square.jpg", "x"]])
+    _error(root, "train.csv has unknown column(s) 'note'", "takes the columns source,text,target")
+    _write_csv(root / "train.csv", ["source", "caption", "target"], [["train/red-square.jpg", "make it blue", "train/blue-square.jpg"]])
+    _error(root, "unknown column(s) 'caption'", "source,text,target")
+    root = make_folder(tmp_path / "b")
+    with (root / "queries.jsonl").open("a") as f:
+        f.write(json.dumps({"source": "gallery/red-disc-1.png", "text": "make it blue", "target": "gallery/blue-disc-1.png", "lable": "x"}) + "\n")
+    _error(root, "queries.jsonl line 13 has unknown key(s) 'lable'", "takes the keys source,text,target")
+    root = make_folder(tmp_path / "c", gallery="csv")
+    (root / "gallery.csv").write_text((root / "gallery.csv").read_text().replace("image,label", "image,lable"))
+    _error(root, "gallery.csv has unknown column(s) 'lable'", "takes the columns image[,label]")
+
+
+def test_paths_outside_the_data_root_are_refused_unless_allowed(tmp_path):
+    outside = tmp_path / "elsewhere" / "x.png"
+    _image(outside, "red", "disc")
+    for i, written in enumerate(("../elsewhere/x.png", "train/../../elsewhere/x.png", str(outside))):
+        root = make_folder(tmp_path / f"data{i}")
+        with (root / "train.csv").open("a") as f:
+            f.write(f"{written},make it blue,train/blue-disc.jpg\n")
+        _error(root, "train.csv row 13", f"the image path {written} is outside the data root", "allow_outside_root=true")
+        assert create(root, allow_outside_root=True).train_rows[12]["source"] == outside.resolve()
+    root = make_folder(tmp_path / "gallery", gallery="csv")
+    manifest = (root / "gallery.csv").read_text()
+    (root / "gallery.csv").write_text(manifest + "../elsewhere/x.png,x\n")
+    _error(root, "gallery.csv row 13", "../elsewhere/x.png", "outside the data root")
+    (root / "gallery.csv").write_text(manifest.replace("photos/red-disc-1.png", "photos/../photos/red-disc-1.png"))
+    assert (root / "photos" / "red-disc-1.png").resolve() in create(root).gallery_paths  # a ".." that stays inside is fine
+    with pytest.raises(compose_retrieval.errors.OptionError, match="allow_outside_root"):
+        create(root, allow_outside_root="yes")

@@ -7,11 +7,16 @@
 with ``pos`` (y, x) as fractions of the canvas, ``color``, ``shape``, ``size``), ``mods``
 (a list of {"from": [image ids], "to": [image ids], "to_str": text}) and optionally
 ``labels`` (image id -> scene label; duplicates of a scene share one).
+
+The file is a pickle, which could run code when loaded; it is read without running any:
+the unpickler rebuilds only what the format holds (containers, strings, numbers, numpy
+arrays, dtypes and scalars) and refuses a file that names anything else.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -22,6 +27,11 @@ from compose_retrieval.errors import DatasetError
 
 from .render import GRID
 from .scenes import CELLS, COLORS, EMPTY, SHAPES, SIZES, decode
+
+try:
+    from numpy._core import multiarray as _multiarray  # numpy 2
+except ImportError:  # numpy 1.x
+    from numpy.core import multiarray as _multiarray
 
 DATA_FILE = "css_toy_dataset_novel2_small.dup.npy"
 LAYOUT = f"DATA_ROOT/{DATA_FILE} and DATA_ROOT/images/css_<split>_<idx:06d>.png (write one with `compose-retrieval data make-css --out DIR`)"
@@ -71,16 +81,55 @@ def write_data_file(root: str | os.PathLike, data: dict[str, Any]) -> Path:
     return path
 
 
+# the globals a CSS data file's pickle names (numpy 1.x pickles numpy.core, numpy 2 numpy._core;
+# Python 2 pickles __builtin__): nothing else is ever looked up, so nothing else can be called
+_ALLOWED = {
+    **{(m, n): getattr(_multiarray, n) for m in ("numpy.core.multiarray", "numpy._core.multiarray") for n in ("_reconstruct", "scalar")},
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+    **{(m, t.__name__): t for m in ("builtins", "__builtin__") for t in (set, frozenset, complex)},
+}
+
+
+class _Unpickler(pickle.Unpickler):
+    def __init__(self, file: Any, path: Path):
+        super().__init__(file, encoding="ASCII")  # np.load's default
+        self.path = path
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in _ALLOWED:
+            raise DatasetError(f"css: {self.path} asks to load {module}.{name}, which a CSS data file never holds; "
+                               "refusing to unpickle it (it could run code)")
+        return _ALLOWED[module, name]
+
+
+def _load(path: Path) -> Any:
+    """The array in a .npy file; an object array is unpickled with :class:`_Unpickler`."""
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            _, _, dtype = np.lib.format.read_array_header_1_0(f)
+        elif version == (2, 0):
+            _, _, dtype = np.lib.format.read_array_header_2_0(f)
+        else:
+            raise ValueError(f"unsupported .npy format version {version}")
+        if dtype.hasobject:
+            return _Unpickler(f, path).load()
+    return np.load(path, allow_pickle=False)
+
+
 def read_data_file(root: str | os.PathLike) -> dict[str, Any]:
-    """The CSS data dict. Unpickles the file: the original format is a pickle, so only read files you trust."""
+    """The CSS data dict, unpickled without running code: a file naming anything but numpy arrays and plain data is refused."""
     path = Path(root) / DATA_FILE
     if not Path(root).is_dir():
         raise DatasetError(f"css: data root {root} does not exist; expected {LAYOUT}")
     if not path.is_file():
         raise DatasetError(f"css: {path} not found; expected {LAYOUT}")
     try:
-        data = np.load(path, allow_pickle=True)  # the format is a pickled dict: nothing else would read it
-        data = data.item() if data.shape == () else None
+        data = _load(path)
+        data = data.item() if isinstance(data, np.ndarray) and data.shape == () else None
+    except DatasetError:
+        raise
     except Exception as exc:  # a truncated or foreign file: numpy and pickle raise many kinds
         raise DatasetError(f"css: cannot read {path} ({type(exc).__name__}: {exc}); expected the pickled dict of google/tirg") from None
     if not isinstance(data, dict):

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import csv
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -13,6 +16,7 @@ from compose_retrieval.data import (
 )
 from compose_retrieval.errors import DatasetError
 from compose_retrieval.interfaces import Dataset, Preprocessing, RetrievalProtocol
+from compose_retrieval.options import Range
 
 LAYOUT = (
     "DATA_ROOT/train.csv (or train.jsonl) with columns source,text,target; queries.csv (or .jsonl) with the "
@@ -29,11 +33,21 @@ def _find(root: Path, stem: str) -> Path | None:
 
 
 def read_manifest(path: Path, columns: tuple[str, ...], optional: tuple[str, ...] = ()) -> list[dict[str, str]]:
-    """Rows of a CSV (with a header) or JSON-lines file, each with ``columns`` present and non-empty."""
+    """Rows of a CSV (with a header) or JSON-lines file, each with ``columns`` present and non-empty.
+
+    A column (or JSON key) outside ``columns`` and ``optional``, or a CSV row with more
+    fields than its header, is an error: a silently dropped field would change the data.
+    """
+    known = (*columns, *optional)
+    takes = ",".join(columns) + "".join(f"[,{c}]" for c in optional)
     rows: list[dict[str, str]] = []
     with path.open(newline="", encoding="utf-8-sig") as f:  # -sig: spreadsheets often write a byte-order mark
         if path.suffix == ".csv":
-            records = enumerate(csv.DictReader(f), start=2)  # line 1 is the header
+            reader = csv.DictReader(f)
+            unknown = [c for c in reader.fieldnames or () if c not in known]
+            if unknown:
+                raise DatasetError(f"{path} has unknown column(s) {', '.join(map(repr, unknown))}; this file takes the columns {takes}")
+            records = ((reader.line_num, record) for record in reader)  # line_num: the line the record ends on
         else:
             records = []
             for line_number, line in enumerate(f, start=1):
@@ -44,14 +58,22 @@ def read_manifest(path: Path, columns: tuple[str, ...], optional: tuple[str, ...
                         raise DatasetError(f"{path} line {line_number} is not JSON ({exc.msg})") from None
                     if not isinstance(records[-1][1], dict):
                         raise DatasetError(f"{path} line {line_number} is not a JSON object; write one {{\"{columns[0]}\": ...}} object a line")
+                    unknown = [k for k in records[-1][1] if k not in known]
+                    if unknown:
+                        raise DatasetError(f"{path} line {line_number} has unknown key(s) {', '.join(map(repr, unknown))}; "
+                                           f"this file takes the keys {takes}")
         for line_number, record in records:
+            if None in record:  # csv.DictReader's place for the fields beyond the header's
+                fields = len(reader.fieldnames) + len(record[None])
+                raise DatasetError(f"{path} line {line_number} has {fields} fields but the header has {len(reader.fieldnames)}; "
+                                   f"put a field that holds a comma in double quotes, e.g. \"make it red, then blue\"")
             missing = [c for c in columns if not str(record.get(c) or "").strip()]
             if missing:
                 raise DatasetError(
                     f"{path} line {line_number} has no {', '.join(repr(c) for c in missing)}; "
                     f"every row needs {', '.join(columns)}"
                 )
-            rows.append({c: str(record[c]).strip() for c in (*columns, *optional) if record.get(c) not in (None, "")})
+            rows.append({c: str(record[c]).strip() for c in known if record.get(c) not in (None, "")})
     if not rows:
         raise DatasetError(f"{path} has no rows; every row needs {', '.join(columns)}")
     return rows
@@ -72,17 +94,23 @@ class UserTriplets(Dataset):
     gallery, is not ranked. Images are decoded with Pillow, resized (shorter side)
     and centre-cropped to ``image_size``, normalised with ImageNet statistics.
     Options: ``image_size`` (224), ``skip_unreadable`` (drop rows whose images do not
-    decode, and say how many, instead of failing).
+    decode, and say how many, instead of failing), ``allow_outside_root`` (accept image
+    paths in the files that are absolute or climb out of DATA_ROOT with ``..``; refused by
+    default, so that a file from elsewhere cannot point the loader at any file on the
+    machine; symbolic links under DATA_ROOT are followed either way).
     """
 
     default_loss = "batch_softmax"
 
-    def __init__(self, data_root: str | None = None, image_size: int = 224, skip_unreadable: bool = False):
+    def __init__(self, data_root: str | None = None, image_size: Annotated[int, Range(8, 4096)] = 224,
+                 skip_unreadable: bool = False, allow_outside_root: bool = False):
+        """``allow_outside_root``: accept absolute image paths and paths with ``..`` leaving the data root."""
         if data_root is None:
             raise DatasetError(f"triplets reads your files: give --data-root DIR laid out as {LAYOUT}")
         self.root = Path(data_root)
         if not self.root.is_dir():
             raise DatasetError(f"triplets: data root {self.root} does not exist; expected {LAYOUT}")
+        self.allow_outside_root = allow_outside_root
         self.preprocessing = Preprocessing(image_size, IMAGENET_MEAN, IMAGENET_STD)
         self.train_rows = self._rows("train")
         self.query_rows = self._rows("queries")
@@ -91,8 +119,16 @@ class UserTriplets(Dataset):
             self._skip_unreadable()
         self._check_targets()
 
-    def _path(self, name: str) -> Path:
-        return (self.root / name).resolve()
+    def _image(self, file: Path, row: int, name: str) -> Path:
+        """An image path from row ``row`` of ``file``: under the data root (unless allowed otherwise), and a file."""
+        outside = Path(name).is_absolute() or Path(os.path.normpath(name)).parts[:1] == ("..",)
+        if outside and not self.allow_outside_root:
+            raise DatasetError(f"{file} row {row}: the image path {name} is outside the data root {self.root}; move the image "
+                               f"under it, or give --dataset-opt allow_outside_root=true if you trust this file")
+        path = (self.root / name).resolve()
+        if not path.is_file():
+            raise DatasetError(f"{file} row {row}: image not found: {path}")
+        return path
 
     def _rows(self, stem: str) -> list[dict]:
         path = _find(self.root, stem)
@@ -101,19 +137,14 @@ class UserTriplets(Dataset):
         rows = read_manifest(path, ("source", "text", "target"))
         for i, row in enumerate(rows):
             for column in ("source", "target"):
-                row[column] = self._path(row[column])
-                if not row[column].is_file():
-                    raise DatasetError(f"{path} row {i + 1}: image not found: {row[column]}")
+                row[column] = self._image(path, i + 1, row[column])
         return rows
 
     def _gallery(self) -> tuple[list[Path], list[str]]:
         path = _find(self.root, "gallery")
         if path is not None:
             rows = read_manifest(path, ("image",), optional=("label",))
-            paths = [self._path(r["image"]) for r in rows]
-            for i, p in enumerate(paths):
-                if not p.is_file():
-                    raise DatasetError(f"{path} row {i + 1}: image not found: {p}")
+            paths = [self._image(path, i + 1, r["image"]) for i, r in enumerate(rows)]
             return paths, [r.get("label", str(p)) for r, p in zip(rows, paths)]
         folder = self.root / "gallery"
         if not folder.is_dir():
