@@ -9,6 +9,7 @@ embeddings. Datasets hand out training triplets and a test protocol.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Iterable, NamedTuple, Sequence
 
@@ -46,6 +47,10 @@ class Component(nn.Module):
     """
 
     description: ClassVar[str] = ""
+    path_options: ClassVar[tuple[str, ...]] = ()
+    """Options whose values name files, folders or URLs the component reads (a Hub id, a local model
+    folder). A checkpoint's options may hold a path or URL only in these; declare only what the
+    component reads without running code (safetensors, JSON, text)."""
 
     def config(self) -> dict[str, Any]:
         return dict(getattr(self, "_options", {}))
@@ -206,6 +211,13 @@ class Preprocessing:
     def __post_init__(self) -> None:
         if self.resize not in RESIZE_RULES:
             raise ValueError(f"unknown resize rule {self.resize!r}; known: {', '.join(RESIZE_RULES)}")
+        if isinstance(self.image_size, bool) or not isinstance(self.image_size, int) or not 1 <= self.image_size <= 8192:
+            raise ValueError(f"image_size must be a whole number of pixels from 1 to 8192, not {self.image_size!r}")
+        for name, values in (("mean", self.mean), ("std", self.std)):
+            if len(values) != 3 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
+                raise ValueError(f"{name} must be three finite numbers, not {values!r}")
+        if min(self.std) <= 0:
+            raise ValueError(f"std must be positive, not {self.std!r}")
         self._mean = torch.tensor(self.mean).view(3, 1, 1)  # built once, not per image
         self._std = torch.tensor(self.std).view(3, 1, 1)
 
@@ -230,8 +242,11 @@ class Preprocessing:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Preprocessing":
+        unknown = sorted(set(d) - {"image_size", "mean", "std", "resize"})
+        if unknown:
+            raise ValueError(f"unknown preprocessing fields {', '.join(unknown)[:200]}")
         # checkpoints written before the rule was recorded resized and centre-cropped
-        return cls(int(d["image_size"]), tuple(d["mean"]), tuple(d["std"]), d.get("resize", "resize_center_crop"))
+        return cls(d["image_size"], tuple(d["mean"]), tuple(d["std"]), d.get("resize", "resize_center_crop"))
 
 
 class Dataset:

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import copy
 import inspect
-from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from typing import Annotated, Any, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import registry
-from .errors import ComposeRetrievalError
+from .errors import ComposeRetrievalError, OptionError
 from .interfaces import Combiner, ImageEncoder, ImageFeatures, Preprocessing, TextEncoder, TextFeatures
+from .options import Range, check_value
+
+
+MAX_EMBED_DIM = 65536
 
 
 @dataclass
@@ -22,6 +26,12 @@ class ComponentSpec:
 
     name: str
     options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not 0 < len(self.name) <= 200:
+            raise OptionError(f"a component name must be a short string, not {str(self.name)[:60]!r}")
+        if not isinstance(self.options, dict) or not all(isinstance(k, str) for k in self.options):
+            raise OptionError(f"the options of {self.name!r} must be a mapping of names to values")
 
 
 @dataclass
@@ -34,15 +44,31 @@ class ModelSpec:
     embed_dim: int = 512
     normalization_scale: float = 4.0
 
+    def __post_init__(self) -> None:
+        for key in ("combiner", "image_encoder", "text_encoder"):
+            if not isinstance(getattr(self, key), ComponentSpec):
+                raise OptionError(f"the model's {key} must be a component (name and options)")
+        check_value("the model", "embed_dim", self.embed_dim, Annotated[int, Range(1, MAX_EMBED_DIM)])
+        check_value("the model", "normalization_scale", self.normalization_scale, Annotated[float, Range(1e-6, 1e6)])
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ModelSpec":
+        """The spec a dict (a checkpoint's or a config's) describes; unknown fields are errors, not ignored."""
+        if not isinstance(d, dict):
+            raise OptionError(f"a model spec is a mapping, not a {type(d).__name__}")
+        unknown = sorted(set(d) - {f.name for f in fields(cls)})
+        if unknown:
+            raise OptionError(f"the model spec has fields this version does not know: {', '.join(unknown)[:200]}")
         d = dict(d)
         for key in ("combiner", "image_encoder", "text_encoder"):
-            if key in d and isinstance(d[key], dict):
-                d[key] = ComponentSpec(**d[key])
+            if key in d:
+                value = d[key]
+                if not isinstance(value, dict) or set(value) - {"name", "options"} or "name" not in value:
+                    raise OptionError(f"the model's {key} must be {{'name': ..., 'options': {{...}}}}")
+                d[key] = ComponentSpec(**value)
         return cls(**d)
 
 
