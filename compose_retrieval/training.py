@@ -6,20 +6,23 @@ import difflib
 import inspect
 import json
 import math
+import os
 import random
 import time
+import typing
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Annotated, Any, Callable
 
 import numpy as np
 import torch
 
 from . import registry
 from .checkpoint import atomic_write, save_checkpoint
-from .errors import ComposeRetrievalError, DatasetError, UnknownNameError
+from .errors import ComposeRetrievalError, DatasetError, OptionError, UnknownNameError
 from .evaluation import evaluate
 from .model import ComponentSpec, ComposedRetrievalModel, ModelSpec, build_model
+from .options import Range, check_value
 
 CHECKPOINT_NAME = "model.safetensors"
 OPTIMIZERS = ("sgd", "adamw")
@@ -63,22 +66,22 @@ class TrainConfig:
     loss_options: dict[str, Any] = field(default_factory=dict)
     recipe: str | None = None  # the named recipe these values came from (from_recipe), if any
     optimizer: str = "sgd"
-    lr: float = 1e-2
-    momentum: float = 0.9
-    weight_decay: float = 1e-6
-    batch_size: int = 32
-    steps: int = 700
+    lr: Annotated[float, Range(0, None)] = 1e-2
+    momentum: Annotated[float, Range(0, 1)] = 0.9
+    weight_decay: Annotated[float, Range(0, None)] = 1e-6
+    batch_size: Annotated[int, Range(2, 1_000_000)] = 32  # the other items of a batch are the negatives
+    steps: Annotated[int, Range(1, None)] = 700
     lr_schedule: str = "step"  # "step": x lr_decay every lr_decay_every steps; "cosine": to 0 at the last step
-    lr_decay_every: int = 0  # 0: no step decay
-    lr_decay: float = 0.1
-    warmup_steps: int = 0  # linear warm-up from 0
-    backbone_lr_scale: float = 1.0  # learning-rate factor of the image encoder's pretrained body
-    seed: int = 0
+    lr_decay_every: Annotated[int, Range(0, None)] = 0  # 0: no step decay
+    lr_decay: Annotated[float, Range(0, 1)] = 0.1
+    warmup_steps: Annotated[int, Range(0, None)] = 0  # linear warm-up from 0
+    backbone_lr_scale: Annotated[float, Range(0, None)] = 1.0  # learning-rate factor of the image encoder's pretrained body
+    seed: Annotated[int, Range(0, 2**32 - 1)] = 0  # numpy's seeds are 32-bit
     device: str = "auto"
     amp: bool = True  # bfloat16 autocast on CUDA; ignored on the CPU
-    num_workers: int = 0
-    eval_batch_size: int = 256
-    log_every: int = 25
+    num_workers: Annotated[int, Range(0, 1024)] = 0
+    eval_batch_size: Annotated[int, Range(1, None)] = 256
+    log_every: Annotated[int, Range(1, None)] = 25
     run_dir: str | None = None
 
     @classmethod
@@ -93,7 +96,11 @@ class TrainConfig:
         return cls(recipe=recipe, **values)
 
     def validate(self) -> None:
-        """Fail fast, before any data is generated, on a name that nothing registers."""
+        """Fail fast, before any data is generated, on a name that nothing registers or a value out of range."""
+        hints = typing.get_type_hints(TrainConfig, include_extras=True)
+        for f in fields(self):
+            if f.name not in ("model", "dataset_options", "loss_options"):
+                check_value("training", f.name, getattr(self, f.name), hints[f.name])
         registry.check_options("combiner", self.model.combiner.name, self.model.combiner.options)
         registry.check_options("image_encoder", self.model.image_encoder.name, self.model.image_encoder.options)
         registry.check_options("text_encoder", self.model.text_encoder.name, self.model.text_encoder.options)
@@ -104,10 +111,9 @@ class TrainConfig:
             raise UnknownNameError("lr schedule", self.lr_schedule, difflib.get_close_matches(self.lr_schedule, SCHEDULES), list(SCHEDULES))
         if self.optimizer not in OPTIMIZERS:
             raise UnknownNameError("optimizer", self.optimizer, difflib.get_close_matches(self.optimizer, OPTIMIZERS), list(OPTIMIZERS))
-        if self.steps < 1:
-            raise ComposeRetrievalError("--steps must be at least 1")
-        if self.batch_size < 2:
-            raise ComposeRetrievalError("--batch-size must be at least 2: the other items of a batch are the negatives")
+        resolve_device(self.device)
+        if self.run_dir is not None and Path(self.run_dir).exists() and not Path(self.run_dir).is_dir():
+            raise ComposeRetrievalError(f"--run-dir {self.run_dir} is a file, not a folder; choose a new folder for the run")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -141,9 +147,53 @@ def recipe_backbone(recipe: str, pretrained: bool = False) -> dict[str, Any]:
 
 
 def resolve_device(name: str = "auto") -> torch.device:
+    """"auto" (CUDA when present, else the CPU) or a torch device name that exists on this machine."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise OptionError(f"unknown device {str(name)[:60]!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise OptionError(f"--device {name}: torch sees no CUDA GPU on this machine; use --device cpu (or auto)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise OptionError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA GPU(s), numbered from 0")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise OptionError(f"--device {name}: the MPS backend is not available here; use --device cpu (or auto)")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise OptionError(f"--device {name}: compose-retrieval runs on cpu, cuda or mps")
+    return device
+
+
+def new_run_dir(parent: str | os.PathLike, name: str) -> Path:
+    """A new, empty folder ``parent/name-YYYYmmdd-HHMMSS`` (with -2, -3, ... when runs start in the same second)."""
+    base = Path(parent) / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    base.parent.mkdir(parents=True, exist_ok=True)
+    for n in range(1, 10_000):
+        candidate = base if n == 1 else base.with_name(f"{base.name}-{n}")
+        try:
+            candidate.mkdir()  # exclusive: two runs never share one folder
+            return candidate
+        except FileExistsError:
+            continue
+    raise ComposeRetrievalError(f"cannot find a free run directory next to {base}; give --run-dir")
+
+
+def claim_run_dir(run_dir: Path, config: "TrainConfig") -> None:
+    """Make ``run_dir`` this run's: it must be new or empty, and config.json is created exclusively in it,
+    so a second run given the same folder stops instead of overwriting the first."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ComposeRetrievalError(f"--run-dir {run_dir} is a file, not a folder; choose a new folder for the run")
+    if run_dir.is_dir() and any(run_dir.iterdir()):
+        what = ("holds a trained model" if (run_dir / CHECKPOINT_NAME).exists()
+                else "holds another run's files" if (run_dir / "config.json").exists() else "is not empty")
+        raise ComposeRetrievalError(f"run directory {run_dir} {what}; choose a new --run-dir (nothing in it was changed)")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        atomic_write(run_dir / "config.json", lambda tmp: Path(tmp).write_text(json.dumps(config.to_dict(), indent=2)), exclusive=True)
+    except FileExistsError:
+        raise ComposeRetrievalError(f"run directory {run_dir} was just taken by another run; choose a new --run-dir") from None
 
 
 def seed_everything(seed: int) -> None:
@@ -235,9 +285,7 @@ def train(
     device = resolve_device(config.device)
     run_dir = Path(config.run_dir) if config.run_dir else None
     if run_dir:
-        if (run_dir / CHECKPOINT_NAME).exists():
-            raise ComposeRetrievalError(f"run directory {run_dir} already holds a trained model; choose another --run-dir")
-        run_dir.mkdir(parents=True, exist_ok=True)
+        claim_run_dir(run_dir, config)
 
     dataset = registry.create("dataset", config.dataset, data_root=config.data_root, **config.dataset_options)
     loss_name = config.loss or dataset.default_loss
@@ -252,7 +300,7 @@ def train(
     else:
         model = build_model(config.model, dataset.preprocessing)
         model.text_encoder.fit(dataset.train_texts())
-    if run_dir:
+    if run_dir:  # the resolved config (the loss the dataset chose, the model of --init-from)
         atomic_write(run_dir / "config.json", lambda tmp: Path(tmp).write_text(json.dumps(config.to_dict(), indent=2)))
     loss_fn = registry.create("loss", loss_name, **config.loss_options)
     protocol = dataset.protocol(config.protocol)
@@ -311,11 +359,40 @@ def train(
                     on_log(record)
             bar.advance(value, config.batch_size * 2)
     train_seconds = time.perf_counter() - started
+    check_finite(model, f"after {config.steps} steps")
 
-    metrics = evaluate(model, protocol, batch_size=config.eval_batch_size, device=device)
-    metrics.update(step=config.steps, train_seconds=round(train_seconds, 1), eval_seconds=round(time.perf_counter() - started - train_seconds, 1))
+    # the model is saved before it is evaluated: an evaluation that fails (a broken gallery image) loses nothing
+    recipe = {**recipe_of(config), "protocol": protocol.name}
+    metrics: dict[str, Any] = {"step": config.steps, "train_seconds": train_seconds}
+    checkpoint = run_dir / CHECKPOINT_NAME if run_dir else None
+    if checkpoint:
+        save_checkpoint(model, checkpoint, metrics=metrics, recipe=recipe)
+    try:
+        metrics = {**evaluate(model, protocol, batch_size=config.eval_batch_size, device=device), **metrics}
+    except Exception as exc:
+        if checkpoint:
+            kind = DatasetError if isinstance(exc, DatasetError) else ComposeRetrievalError
+            raise kind(f"evaluation failed: {_first_line(exc)} (the trained model is saved: {checkpoint}; "
+                       f"evaluate it with `compose-retrieval evaluate {run_dir}` once that is fixed)") from exc
+        raise
+    metrics["eval_seconds"] = round(time.perf_counter() - started - train_seconds, 1)
     log.write({"eval": metrics})
-    if run_dir:
-        save_checkpoint(model, run_dir / CHECKPOINT_NAME, metrics=metrics, recipe={**recipe_of(config), "protocol": protocol.name})
+    if checkpoint:
+        save_checkpoint(model, checkpoint, metrics=metrics, recipe=recipe)
     model.eval()
     return TrainResult(model, metrics, run_dir, config)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[-1] if isinstance(exc, DatasetError) and text else (text.splitlines()[0] if text else type(exc).__name__)
+
+
+def check_finite(model: torch.nn.Module, when: str) -> None:
+    """A model whose weights hold nan or inf is an error, not a result: training diverged."""
+    bad = [name for name, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
+    if bad:
+        raise ComposeRetrievalError(
+            f"training diverged: {len(bad)} weight tensor(s) hold nan or inf {when} (first: {bad[0]}); "
+            "lower --lr (nothing was saved)"
+        )

@@ -121,7 +121,7 @@ def test_train_tiny(cli_run):
 def test_train_refuses_a_used_run_dir(cli_run):
     _, run_dir = cli_run
     result = invoke("train", *TINY_TRAIN, "--run-dir", run_dir)
-    assert_one_line_error(result, "already holds a trained model")
+    assert_one_line_error(result, "holds a trained model", "choose a new --run-dir")
 
 
 def test_evaluate_json_matches_checkpoint_metadata(cli_run):

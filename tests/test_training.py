@@ -78,7 +78,7 @@ def test_training_into_a_used_run_dir_refuses(tiny_run):
     _, run_dir, _ = tiny_run
     before = (run_dir / CHECKPOINT_NAME).read_bytes()
     config_before = (run_dir / "config.json").read_text()
-    with pytest.raises(ComposeRetrievalError, match="already holds a trained model"):
+    with pytest.raises(ComposeRetrievalError, match="holds a trained model; choose a new --run-dir"):
         train(tiny_config(steps=2, seed=5, run_dir=str(run_dir)), progress=False)
     assert (run_dir / CHECKPOINT_NAME).read_bytes() == before
     assert (run_dir / "config.json").read_text() == config_before
