@@ -92,11 +92,13 @@ def save_checkpoint(
     metrics: dict[str, Any] | None = None,
     recipe: dict[str, Any] | None = None,
     dtype: torch.dtype | None = None,
+    exclusive: bool = False,
 ) -> Path:
-    """Write ``model`` to ``path`` as a self-describing safetensors file.
+    """Write ``model`` to ``path`` as a self-describing safetensors file, whole or not at all.
 
     ``dtype`` (e.g. torch.float16) stores floating-point tensors smaller; loading casts
-    them back to the model's own dtype.
+    them back to the model's own dtype. ``exclusive``: FileExistsError rather than
+    replacing an existing file.
     """
     if model.spec is None:
         raise CheckpointError("this model has no spec; build it with compose_retrieval.build_model to save it")
@@ -115,7 +117,7 @@ def save_checkpoint(
         "plugins": json.dumps({key: _provenance(key, getattr(model.spec, key).name) for key in _COMPONENTS}),
         "tensor_sha256": tensors_sha256(state),
     }
-    atomic_write(path, lambda tmp: save_file(state, tmp, metadata=metadata))
+    atomic_write(path, lambda tmp: save_file(state, tmp, metadata=metadata), exclusive=exclusive)
     return Path(path)
 
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import difflib
 import json
-import time
+import os
 from pathlib import Path
-from typing import Any, Iterator, List, Optional
+from typing import Annotated, Any, Iterator, List, Optional
 
+import click
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -16,6 +18,7 @@ from rich.table import Table
 
 from . import registry
 from .errors import ComposeRetrievalError, OptionError, UnknownNameError
+from .options import Range, check_value
 
 app = typer.Typer(
     help="Composed image retrieval: train, evaluate and list TIRG and its baselines.",
@@ -41,16 +44,44 @@ def print_error(message: str) -> None:
     err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
+DEBUG_ENV = "COMPOSE_RETRIEVAL_DEBUG"
+_debug = False
+
+
+@app.callback()
+def _options(
+    debug: bool = typer.Option(False, "--debug", help=f"Show the full traceback of an error (or set {DEBUG_ENV}=1)."),
+) -> None:
+    """Composed image retrieval: train, evaluate and list TIRG and its baselines."""
+    global _debug
+    _debug = debug
+
+
+def debugging() -> bool:
+    return _debug or os.environ.get(DEBUG_ENV, "").lower() in ("1", "true", "yes", "on")
+
+
 @contextlib.contextmanager
 def errors_as_exit() -> Iterator[None]:
-    """Library errors become one red line on stderr and exit code 1, never a traceback."""
+    """Errors become one red line on stderr and exit code 1, never a traceback (unless --debug).
+
+    A library error says what was wrong and what to do; anything else is a bug of ours or
+    of a plugin, printed as one line with its type and the way to see the traceback.
+    """
     try:
         yield
-    except ComposeRetrievalError as exc:
-        print_error(str(exc))
-        raise typer.Exit(1) from None
-    except FileNotFoundError as exc:
-        print_error(f"file not found: {exc.filename or exc}")
+    except (typer.Exit, typer.Abort, click.exceptions.ClickException, click.exceptions.Exit):
+        raise
+    except Exception as exc:
+        if debugging():
+            raise
+        if isinstance(exc, ComposeRetrievalError):
+            print_error(str(exc))
+        elif isinstance(exc, FileNotFoundError):
+            print_error(f"file not found: {exc.filename or exc}")
+        else:
+            text = " ".join(str(exc).split())[:300]
+            print_error(f"unexpected {type(exc).__name__}: {text} (run with --debug for the traceback)")
         raise typer.Exit(1) from None
 
 
@@ -113,7 +144,7 @@ def train(
 ) -> None:
     """Train a model and evaluate recall@K on the dataset's test protocol."""
     from .model import ComponentSpec, ModelSpec
-    from .training import TrainConfig, recipe_backbone, train as run_training
+    from .training import TrainConfig, new_run_dir, recipe_backbone, train as run_training
 
     with errors_as_exit():
         model_options = {
@@ -140,8 +171,6 @@ def train(
             embed_dim=embed_dim,
         )
         what = Path(init_from).stem if init_from else combiner
-        if run_dir is None:
-            run_dir = Path("runs") / f"{what}-{dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
         config = TrainConfig.from_recipe(
             recipe,
             model=spec,
@@ -159,9 +188,12 @@ def train(
             seed=seed,
             device=device,
             num_workers=workers,
-            run_dir=str(run_dir),
+            run_dir=str(run_dir) if run_dir else None,
         )
         config.validate()
+        if run_dir is None:  # a new folder of its own, even when runs start in the same second
+            run_dir = new_run_dir("runs", f"{what}-{dataset}")
+            config = dataclasses.replace(config, run_dir=str(run_dir))
         console.print(f"training [bold]{what}[/] on [bold]{dataset}[/] for {config.steps} steps ({recipe} recipe) -> {run_dir}")
         result = run_training(config, progress=progress)
     print_metrics(result.metrics, f"{what} on {dataset}")
@@ -192,7 +224,9 @@ def compare(
         counts = {name: seeds for name in names}
         for name, n in parse_options(seeds_for, "--seeds-for").items():
             registry.get_entry("combiner", name)
-            counts[name] = int(n)
+            counts[name] = n
+        for name, n in counts.items():
+            check_value("compare", f"seeds of {name}", n, Annotated[int, Range(1, 1000)])
         base = TrainConfig.from_recipe(
             recipe, dataset=dataset, data_root=data_root, dataset_options=parse_options(dataset_opt, "dataset"),
             steps=steps, device=device,
@@ -266,19 +300,24 @@ def zoo_export(
     run: str = typer.Argument(..., help="A run directory or checkpoint to export."),
     out: Path = typer.Argument(..., help="The zoo file to write (.safetensors)."),
     half: bool = typer.Option(True, help="Store the weights as float16 (half the size)."),
+    data_root: Optional[str] = typer.Option(None, help="Where the dataset's files are, to re-evaluate on (not for css-synthetic)."),
+    overwrite: bool = typer.Option(False, help="Replace OUT if it exists."),
     device: str = typer.Option("auto", help="Where to re-evaluate it."),
 ) -> None:
     """Write a trained model as a zoo file, re-evaluated as stored; print its metrics and sha256."""
     from .checkpoint import load_checkpoint
     from .evaluation import evaluate_checkpoint
-    from .zoo import resolve, save_pretrained, sha256_of
+    from .zoo import export_pretrained, resolve
 
     with errors_as_exit():
+        if out.exists() and not overwrite:
+            raise ComposeRetrievalError(f"{out} exists; give --overwrite to replace it, or another file name")
         model, meta = load_checkpoint(resolve(run))
-        save_pretrained(model, out, recipe=meta.get("recipe"), half=half)
-        metrics = evaluate_checkpoint(out, device=device)  # what the stored (rounded) weights reach
-        save_pretrained(model, out, metrics=metrics, recipe=meta.get("recipe"), half=half)
-    typer.echo(json.dumps({"file": str(out), "sha256": sha256_of(out), "metrics": metrics}, indent=2))
+        info = export_pretrained(
+            model, out, recipe=meta.get("recipe"), half=half, overwrite=overwrite,
+            evaluate=lambda stored: evaluate_checkpoint(stored, data_root=data_root, device=device),
+        )
+    typer.echo(json.dumps({"file": str(out), **info}, indent=2))
 
 
 @app.command("list")

@@ -42,12 +42,21 @@ def run_comparison(
             if (run_dir / CHECKPOINT_NAME).exists():
                 metrics = _reuse(run_dir / CHECKPOINT_NAME, config)
             else:
+                _clear_interrupted(run_dir)
                 metrics = train(config, progress=progress).metrics
             results.append(metrics)
             if on_run:
                 on_run(name, seed, metrics)
         rows.append(summarise(name, results, base.batch_size * 2))
     return rows
+
+
+def _clear_interrupted(run_dir: Path) -> None:
+    """A run of this comparison that stopped before its checkpoint leaves config.json and metrics.jsonl: it starts
+    again from scratch. A folder holding anything else is not the comparison's to clear, and training refuses it."""
+    if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {"config.json", "metrics.jsonl"}:
+        for name in ("config.json", "metrics.jsonl"):
+            (run_dir / name).unlink(missing_ok=True)
 
 
 def _reuse(checkpoint: Path, config: TrainConfig) -> dict[str, Any]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 import torch.nn.functional as F
@@ -12,9 +12,10 @@ from torch import Tensor
 
 from . import registry
 from .checkpoint import load_checkpoint
-from .errors import CheckpointError
+from .errors import CheckpointError, OptionError
 from .interfaces import RetrievalProtocol
 from .model import ComposedRetrievalModel
+from .options import Range, check_value
 
 
 def _batches(dataset, indices: Tensor, batch_size: int):
@@ -83,6 +84,7 @@ def evaluate(
     device: torch.device | str | None = None,
 ) -> dict[str, Any]:
     """Recall@K of ``model`` under ``protocol``; keys "recall@K" (and "<view>_recall@K" for other views)."""
+    check_value("evaluate", "batch_size", batch_size, Annotated[int, Range(1, None)])
     device = torch.device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -108,23 +110,43 @@ def evaluate_checkpoint(
     device: str = "auto",
     batch_size: int = 256,
 ) -> dict[str, Any]:
-    """Evaluate a checkpoint (a file, a run directory or a zoo name) on the dataset recorded in it."""
+    """Evaluate a checkpoint (a file, a run directory or a zoo name) on the dataset recorded in it.
+
+    The data come from ``data_root``, the folder the caller gives: a checkpoint names the
+    dataset and its options but never chooses the files that are read, so a checkpoint
+    that recorded a data root needs it given again (the error says which it was).
+    """
+    from .checkpoint import check_loaded_options
     from .training import resolve_device
     from .zoo import resolve
 
-    path = resolve(path)
     device = resolve_device(device)
+    path = resolve(path)
     model, meta = load_checkpoint(path, map_location=device)
     model.place(device)
     recipe = meta.get("recipe") or {}
-    if "dataset" not in recipe:
+    if not isinstance(recipe.get("dataset"), str):
         raise CheckpointError(f"{path} records no dataset; it cannot be evaluated without one")
-    options = dict(recipe.get("dataset_options", {}))
+    recorded_root = recipe.get("data_root")
+    if data_root is None and recorded_root is not None:
+        raise CheckpointError(
+            f"{path} was trained on {recipe['dataset']!r} from files in {str(recorded_root)[:200]!r}; a checkpoint never "
+            "chooses the files evaluation reads: give --data-root DIR (that folder, if you trust it)"
+        )
+    options = recipe.get("dataset_options") or {}
+    if not isinstance(options, dict):
+        raise CheckpointError(f"{path} records dataset options that are not a mapping")
+    options = dict(options)
     accepted = registry.accepted_options("dataset", recipe["dataset"])
     for key in [k for k in options if accepted is not None and k not in accepted]:
         warnings.warn(f"{path} records the dataset option {key}={options.pop(key)!r}, which {recipe['dataset']!r} no longer takes; evaluating without it")
-    dataset = registry.create("dataset", recipe["dataset"], data_root=data_root or recipe.get("data_root"), **options)
+    try:
+        check_loaded_options("dataset", recipe["dataset"], options)
+    except OptionError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+    dataset = registry.create("dataset", recipe["dataset"], data_root=data_root, **options)
     if model.preprocessing is not None:  # feed the images as the model was trained on them
         dataset.preprocessing = model.preprocessing
-    protocol = protocol or (meta.get("metrics") or {}).get("protocol")
+    recorded = (meta.get("metrics") or {}).get("protocol")
+    protocol = protocol or (recorded if isinstance(recorded, str) else None)
     return evaluate(model, dataset.protocol(protocol), batch_size=batch_size, device=device)

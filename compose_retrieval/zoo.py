@@ -93,7 +93,8 @@ def list_pretrained(pattern: str = "*") -> list[str]:
 def pretrained_info(name: str) -> PretrainedEntry:
     entries = _entries()
     if name not in entries:
-        raise UnknownNameError("pretrained model", name, difflib.get_close_matches(name, list(entries), n=3), sorted(entries))
+        shown = name if len(name) <= 80 else name[:80] + "..."
+        raise UnknownNameError("pretrained model", shown, difflib.get_close_matches(name, list(entries), n=3), sorted(entries))
     return entries[name]
 
 
@@ -114,20 +115,28 @@ def is_offline(offline: bool | None = None) -> bool:
 
 def resolve(name_or_path: str | os.PathLike, *, cache: str | os.PathLike | None = None, offline: bool | None = None) -> Path:
     """The local checkpoint file of a path or a zoo name (see the module docstring for the order)."""
-    path = Path(name_or_path)
-    if path.is_dir() and (path / "model.safetensors").is_file():
-        return path / "model.safetensors"
-    if path.is_file():
-        return path
     name = str(name_or_path)
+    path = Path(name_or_path)
+    try:
+        if path.is_dir() and (path / "model.safetensors").is_file():
+            return path / "model.safetensors"
+        if path.is_file():
+            return path
+    except OSError as exc:  # a name too long for a path, a file we may not read
+        raise CheckpointError(f"not a checkpoint path or zoo name: {name[:80]!r}{'...' if len(name) > 80 else ''} ({exc.strerror})") from None
     if path.suffix == SUFFIX or os.sep in name:
         raise CheckpointError(f"checkpoint not found: {path}")
     entry = pretrained_info(name)
+    if entry.file and (zoo_dir() / entry.file).is_file():  # shipped with the package: nothing to fetch or trust
+        return zoo_dir() / entry.file
     cached = cache_dir(cache) / f"{entry.name}{SUFFIX}"
     if cached.is_file():
+        if entry.sha256 and sha256_of(cached) != entry.sha256.lower():
+            raise CheckpointError(
+                f"the cached {cached} has sha256 {sha256_of(cached)[:16]}..., not the {entry.sha256[:16]}... its entry "
+                f"({entry.source}) records: it was changed or damaged; delete it to download it again"
+            )
         return cached
-    if entry.file and (zoo_dir() / entry.file).is_file():
-        return zoo_dir() / entry.file
     if not (entry.url or entry.hf_hub_id):
         how = f"run: {entry.command}" if entry.command else "it has no download source"
         raise CheckpointError(f"{entry.name!r} is not in {cached.parent} yet; to make it, {how}")
@@ -200,9 +209,42 @@ def save_pretrained(
     metrics: dict[str, Any] | None = None,
     recipe: dict[str, Any] | None = None,
     half: bool = False,
+    exclusive: bool = False,
 ) -> Path:
-    """Save a checkpoint for the zoo; ``half`` stores float weights as float16 (they load back as float32)."""
-    return save_checkpoint(model, path, metrics=metrics, recipe=recipe, dtype=torch.float16 if half else None)
+    """Save a checkpoint for the zoo; ``half`` stores float weights as float16 (they load back as float32);
+    ``exclusive``: refuse (FileExistsError) to replace an existing file."""
+    return save_checkpoint(model, path, metrics=metrics, recipe=recipe, dtype=torch.float16 if half else None, exclusive=exclusive)
+
+
+def export_pretrained(
+    model: ComposedRetrievalModel,
+    out: str | os.PathLike,
+    *,
+    evaluate,
+    recipe: dict[str, Any] | None = None,
+    half: bool = True,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Write ``model`` as the zoo file ``out`` with the metrics its stored (rounded) weights reach.
+
+    ``evaluate(path)`` scores a saved copy first, written beside ``out`` and always removed;
+    ``out`` appears whole, with the metrics, only when that succeeds, and an existing
+    ``out`` is replaced only with ``overwrite``. Returns {"sha256", "metrics"}.
+    """
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, scratch = tempfile.mkstemp(prefix=f".{out.name}.{os.getpid()}.", suffix=".tmp", dir=out.parent)
+    os.close(fd)
+    try:
+        save_pretrained(model, scratch, recipe=recipe, half=half)
+        metrics = evaluate(scratch)
+    finally:
+        Path(scratch).unlink(missing_ok=True)
+    try:
+        save_pretrained(model, out, metrics=metrics, recipe=recipe, half=half, exclusive=not overwrite)
+    except FileExistsError:
+        raise CheckpointError(f"{out} exists; give --overwrite to replace it, or another file name") from None
+    return {"sha256": sha256_of(out), "metrics": metrics}
 
 
 def sha256_of(path: str | os.PathLike) -> str:

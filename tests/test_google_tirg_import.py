@@ -195,8 +195,10 @@ def test_cli_import_and_the_missing_file_message(tmp_path, css_root, monkeypatch
     assert "compose-retrieval zoo import-tirg checkpoint_css3d.pth --dataset css --data-root" in message
     result = invoke("zoo", "import-tirg", original, "--dataset", "css", "--data-root", css_root)
     assert result.exit_code == 0, result.output
-    assert "compose-retrieval evaluate tirg-css3d" in result.output
-    result = invoke("evaluate", "tirg-css3d", "--json", "--device", "cpu")
+    assert f"compose-retrieval evaluate tirg-css3d --data-root {css_root}" in " ".join(result.output.split())
+    result = invoke("evaluate", "tirg-css3d", "--json", "--device", "cpu")  # the recorded data root is not read
+    assert result.exit_code == 1 and "give --data-root DIR" in result.stderr and str(css_root) in " ".join(result.stderr.split())
+    result = invoke("evaluate", "tirg-css3d", "--json", "--device", "cpu", "--data-root", css_root)
     assert result.exit_code == 0 and "recall@1" in result.output, result.output
     result = invoke("zoo", "import-tirg", original, "--dataset", "fashion", "--data-root", css_root)
     assert result.exit_code == 1 and "fashion200k" in result.stderr

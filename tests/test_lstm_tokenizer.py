@@ -140,7 +140,8 @@ def test_the_shipped_checkpoints_tokenise_with_ascii():
     assert shipped
     for path in shipped:
         model, meta = load_checkpoint(path)
-        assert "tokenizer" not in meta["extra_state"]["text_encoder"] and model.text_encoder.tokenizer == "ascii"
+        # trained before the unicode rule existed; re-saved since with the rule written out
+        assert meta["extra_state"]["text_encoder"]["tokenizer"] == "ascii" and model.text_encoder.tokenizer == "ascii"
 
 
 def test_an_imported_google_tirg_model_tokenises_and_saves_as_google_tirg(tmp_path, css_root):

@@ -24,4 +24,4 @@ def import_tirg_command(
         out = import_tirg(file, dataset, data_root, name=name, cache_dir=cache_dir)
     # the zoo name finds the file only in the default cache and under a manifest name; the path always does
     target = RELEASES[dataset][0] if name is None and cache_dir is None else out
-    console.print(f"wrote {out}; evaluate it with: compose-retrieval evaluate {target}")
+    console.print(f"wrote {out}; evaluate it with: compose-retrieval evaluate {target} --data-root {data_root}")

@@ -9,6 +9,10 @@ from compose_retrieval.errors import OptionError, UnknownNameError
 from compose_retrieval.interfaces import ImageEncoder
 
 
+# timm.create_model arguments whose names say they read files or fetch configurations or weights
+_READING_KWARGS = ("path", "file", "url", "cfg", "dir", "cache", "hub", "pretrained")
+
+
 class TimmImageEncoder(ImageEncoder):
     """Any timm backbone (default ResNet-18): its last feature map, average-pooled and projected.
 
@@ -37,10 +41,20 @@ class TimmImageEncoder(ImageEncoder):
 
     @classmethod
     def options_for_loading(cls, options: dict) -> dict:
-        return {**options, "pretrained": False}  # the checkpoint holds the trained weights
+        """No pretrained weights (the checkpoint holds the trained ones), and no model_kwargs that make timm read
+        a file or fetch a configuration: a checkpoint's options never choose what is read."""
+        reads = sorted(k for k in options.get("model_kwargs") or {} if any(w in k.lower() for w in _READING_KWARGS))
+        if reads:
+            raise OptionError(f"timm model_kwargs {', '.join(reads)} would make timm read files or fetch weights; "
+                              "a checkpoint may not set them")
+        return {**options, "pretrained": False}
 
     def features(self, images: Tensor) -> Tensor:
-        x = self.body.forward_features(images)
+        try:
+            x = self.body.forward_features(images)
+        except AssertionError as exc:  # timm's input checks (a ViT built for 224 px given 64 px images)
+            raise OptionError(f"timm model {self.model_name!r} cannot take {tuple(images.shape[-2:])} images ({exc}); "
+                              "choose a backbone for that size or change the dataset's image_size") from None
         if x.dim() == 3:  # (B, N, C) tokens of a vision transformer -> (B, C, h, w)
             x = x[:, self._prefix_tokens :]
             side = int(x.shape[1] ** 0.5)
