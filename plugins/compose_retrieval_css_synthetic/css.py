@@ -95,10 +95,10 @@ class CSS(Dataset):
     """CSS (Vo et al., CVPR 2019; scenes built with CLEVR tools) from its original files.
 
     The layout under ``--data-root``: the pickled dict css_toy_dataset_novel2_small.dup.npy
-    and images/css_<split>_<idx:06d>.png. The dict is a Python pickle and is loaded with
-    numpy's allow_pickle only because the published format demands it: unpickling runs
-    code, so read only files from a source you trust (`compose-retrieval data make-css`
-    writes one from css-synthetic). Protocols (REFERENCE section 6): "3d" (queries and
+    and images/css_<split>_<idx:06d>.png. The dict is a Python pickle (the published
+    format); it is read by a restricted unpickler that accepts only plain containers,
+    strings, numbers and numpy arrays, so a hostile file runs nothing (cssfiles.py;
+    `compose-retrieval data make-css` writes one from css-synthetic). Protocols (REFERENCE section 6): "3d" (queries and
     gallery are the PNG renders) and "2d-to-3d" (the query image is the flat 2D drawing
     of the scene, drawn from its objects; the gallery is rendered). A query's own
     source is not ranked; a hit is any gallery image with the target's scene label, so
