@@ -269,7 +269,7 @@ app.add_typer(zoo_app, name="zoo")
 @zoo_app.command("list")
 def zoo_list(pattern: str = typer.Argument("*", help="Wildcard filter on names.")) -> None:
     """The zoo's checkpoints, with where each comes from and its recorded recall@1."""
-    from .zoo import cache_dir, pretrained_info, list_pretrained
+    from .zoo import cache_dir, list_pretrained, pretrained_info, zoo_dir
 
     with errors_as_exit():
         table = Table(title="pretrained models")
@@ -279,8 +279,10 @@ def zoo_list(pattern: str = typer.Argument("*", help="Wildcard filter on names."
         for name in list_pretrained(pattern):
             entry = pretrained_info(name)
             r1 = entry.metrics.get("recall@1")
-            where = "cached" if (cache_dir() / f"{name}.safetensors").is_file() else (
-                "shipped" if entry.file else ("download" if entry.url or entry.hf_hub_id else "make it: zoo info " + name))
+            # in the order resolve() looks: a shipped file wins over the cache
+            where = "shipped" if entry.file and (zoo_dir() / entry.file).is_file() else (
+                "cached" if (cache_dir() / f"{name}.safetensors").is_file() else
+                "download" if entry.url or entry.hf_hub_id else "make it: zoo info " + name)
             table.add_row(name, entry.description, entry.dataset or "", f"{r1:.4f}" if r1 is not None else "", where)
     console.print(table)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import math
 import statistics
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -80,10 +81,18 @@ def summarise(name: str, results: list[dict[str, Any]], images_per_step: int) ->
         values = [r[key] for r in results]
         row[key] = statistics.mean(values)
         row[f"{key} std"] = statistics.stdev(values) if len(values) > 1 else 0.0
-    speed = [r["step"] / r["train_seconds"] for r in results if r.get("train_seconds")]
-    row["steps/s"] = statistics.mean(speed) if speed else float("nan")
-    row["images/s"] = row["steps/s"] * images_per_step
+    # a run's speed is known when it recorded a positive training time; none known: None (a blank cell), not
+    # nan, which would make a row unequal to itself and the CSV hold a value no spreadsheet reads as missing
+    speed = [r["step"] / r["train_seconds"] for r in results if _timed(r)]
+    row["steps/s"] = statistics.mean(speed) if speed else None
+    row["images/s"] = row["steps/s"] * images_per_step if speed else None
     return row
+
+
+def _timed(result: dict[str, Any]) -> bool:
+    seconds, steps = result.get("train_seconds"), result.get("step")
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in (seconds, steps))
+    return numbers and seconds > 0
 
 
 def to_markdown(rows: list[dict[str, Any]]) -> str:
@@ -91,7 +100,9 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
     lines = [head, "|---|---:|" + "---:|" * len(REPORTED) + "---:|---:|"]
     for r in sorted(rows, key=lambda r: -r["recall@1"]):
         cells = " | ".join(f"{100 * r[k]:.1f} ± {100 * r[k + ' std']:.1f}" for k in REPORTED)
-        lines.append(f"| {r['combiner']} | {r['seeds']} | {cells} | {r['steps/s']:.2f} | {r['images/s']:.0f} |")
+        speed = "n/a" if r["steps/s"] is None else f"{r['steps/s']:.2f}"
+        images = "n/a" if r["images/s"] is None else f"{r['images/s']:.0f}"
+        lines.append(f"| {r['combiner']} | {r['seeds']} | {cells} | {speed} | {images} |")
     return "\n".join(lines) + "\n"
 
 

@@ -8,6 +8,7 @@ import json
 import math
 import os
 import random
+import shlex
 import time
 import typing
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -342,7 +343,9 @@ def train(
                 loss = loss_fn(queries.float(), target_embeddings.float())
             value = loss.item()  # the step's one host sync
             if not math.isfinite(value):
-                raise ComposeRetrievalError(f"the loss became {value} at step {step + 1}; lower --lr")
+                raise ComposeRetrievalError(
+                    f"training diverged: the loss became {value} at step {step + 1}; lower --lr (nothing was saved)"
+                )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -372,8 +375,11 @@ def train(
     except Exception as exc:
         if checkpoint:
             kind = DatasetError if isinstance(exc, DatasetError) else ComposeRetrievalError
+            # the command must be one that works: a checkpoint never chooses the data root, so it is given again
+            command = shlex.join(["compose-retrieval", "evaluate", str(run_dir)]
+                                 + (["--data-root", str(config.data_root)] if config.data_root is not None else []))
             raise kind(f"evaluation failed: {_first_line(exc)} (the trained model is saved: {checkpoint}; "
-                       f"evaluate it with `compose-retrieval evaluate {run_dir}` once that is fixed)") from exc
+                       f"evaluate it with `{command}` once that is fixed)") from exc
         raise
     metrics["eval_seconds"] = round(time.perf_counter() - started - train_seconds, 1)
     log.write({"eval": metrics})

@@ -4,9 +4,11 @@
 and in the entries plugins register (``register_pretrained``), then finds the file:
 
 1. a path to a checkpoint file (or a run directory) is used as it is;
-2. a name already in the cache directory (``cache_dir`` argument, else the environment
-   variable COMPOSE_RETRIEVAL_CACHE, else ~/.cache/compose-retrieval) is used from there;
-3. a file shipped in compose_retrieval/model_zoo/ (package data) is used from there;
+2. a file shipped in compose_retrieval/model_zoo/ (package data) is used from there, whatever
+   the cache holds under that name;
+3. a name already in the cache directory (``cache_dir`` argument, else the environment
+   variable COMPOSE_RETRIEVAL_CACHE, else ~/.cache/compose-retrieval) is used from there
+   once it matches the sha256 its entry records (a file that does not is an error);
 4. otherwise it is downloaded from the entry's URL (or Hugging Face Hub id), checked
    against its sha256 and moved into the cache whole. With ``offline=True`` (or
    COMPOSE_RETRIEVAL_OFFLINE=1 or HF_HUB_OFFLINE=1) a missing file is an error that

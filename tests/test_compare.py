@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import json
 
 import pytest
 from typer.testing import CliRunner
@@ -60,3 +61,47 @@ def test_compare_cli_rejects_unknown_combiner(tmp_path):
     assert result.exit_code == 1
     assert "did you mean 'tirg'" in result.output.lower()
     assert not any(tmp_path.iterdir())
+
+
+def _result(seconds, recall=0.5, step=10):
+    return {"recall@1": recall, "recall@5": recall, "recall@10": recall, "step": step, "train_seconds": seconds}
+
+
+def test_a_run_too_fast_to_time_never_gives_nan():
+    """A run that recorded no positive training time has no speed: it is left out of the mean, and when no run
+    of a combiner has one its speed is None (blank in the CSV, n/a in the table), never nan."""
+    row = summarise("tirg", [_result(0.0), _result(1e-6)], images_per_step=4)
+    assert row["steps/s"] == pytest.approx(10 / 1e-6) and row["images/s"] == pytest.approx(4 * 10 / 1e-6)
+
+    unknown = [_result(0.0), _result(-1.0), _result(float("inf")), {k: v for k, v in _result(1.0).items() if k != "train_seconds"}]
+    row = summarise("tirg", unknown, images_per_step=4)
+    assert row["steps/s"] is None and row["images/s"] is None
+    assert row == summarise("tirg", unknown, images_per_step=4)  # nan would make a row unequal to itself
+    assert "| tirg | 4 |" in to_markdown([row]) and "| n/a | n/a |" in to_markdown([row])
+    parsed = next(csv.DictReader(io.StringIO(to_csv([row]))))
+    assert parsed["steps/s"] == "" and parsed["images/s"] == ""
+    assert "nan" not in to_markdown([row]).lower() and "nan" not in to_csv([row]).lower()
+
+
+def test_an_interrupted_run_is_retrained_but_a_users_folder_is_refused(tmp_path):
+    base = tiny_config(steps=2, log_every=1)
+    # stopped before its checkpoint: config.json and metrics.jsonl only
+    interrupted = tmp_path / "tirg-seed0"
+    interrupted.mkdir()
+    (interrupted / "config.json").write_text('{"steps": 2}')
+    (interrupted / "metrics.jsonl").write_text('{"step": 1, "loss": 1.0, "stale": true}\n')
+    rows = run_comparison(base, ["tirg"], {"tirg": [0]}, tmp_path)
+    assert rows[0]["seeds"] == 1 and rows[0]["steps/s"] > 0
+    assert (interrupted / "model.safetensors").is_file()
+    assert json.loads((interrupted / "config.json").read_text())["model"]["combiner"]["name"] == "tirg"
+    assert "stale" not in (interrupted / "metrics.jsonl").read_text()
+
+    # the same layout plus a file the comparison did not write: not its to clear
+    users = tmp_path / "concat-seed0"
+    users.mkdir()
+    for name, text in (("config.json", "{}"), ("metrics.jsonl", ""), ("notes.txt", "my notes\n")):
+        (users / name).write_text(text)
+    with pytest.raises(ComposeRetrievalError, match=r"concat-seed0 holds another run.s files; choose a new --run-dir \(nothing in it was changed\)"):
+        run_comparison(base, ["concat"], {"concat": [0]}, tmp_path)
+    assert sorted(p.name for p in users.iterdir()) == ["config.json", "metrics.jsonl", "notes.txt"]
+    assert (users / "notes.txt").read_text() == "my notes\n" and (users / "config.json").read_text() == "{}"
