@@ -193,7 +193,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         preprocessing = Preprocessing.from_dict(meta["preprocessing"]) if meta["preprocessing"] else None
     except (ValueError, KeyError, TypeError) as exc:
-        raise CheckpointError(f"{path} records a preprocessing this version cannot apply ({exc}); upgrade compose-retrieval") from None
+        raise CheckpointError(f"{path} records a preprocessing this version cannot apply ({_clip(exc)}); upgrade compose-retrieval") from None
     with safe_open(str(path), framework="pt") as f:
         header = {key: (f.get_slice(key).get_dtype(), tuple(f.get_slice(key).get_shape())) for key in f.keys()}
     with torch.device("meta"):  # the architecture alone: no memory, whatever sizes the metadata asks for
@@ -207,6 +207,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     state = load_file(str(path), device="cpu")
     if meta["tensor_sha256"] is not None and tensors_sha256(state) != meta["tensor_sha256"]:
         raise CheckpointError(f"{path} is damaged: its tensor data does not match the checksum it records; get the file again")
+    # judged as the model will hold them: a float64 1e300 is inf in float32, and isfinite knows no float8
+    expected = skeleton.state_dict()
+    state = {k: t.to(expected[k].dtype) if t.is_floating_point() else t for k, t in state.items()}
     bad = [key for key, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
     if bad:
         raise CheckpointError(f"{path} holds non-finite weights (nan or inf) in {_few([_named(spec, k) for k in bad])}; it cannot be used")
@@ -222,7 +225,7 @@ def spec_from_metadata(path: str | os.PathLike, spec: dict[str, Any]) -> ModelSp
     try:
         return ModelSpec.from_dict(spec)
     except (TypeError, ValueError, KeyError) as exc:
-        raise CheckpointError(f"{path} describes its model in a form this version cannot read ({exc})") from None
+        raise CheckpointError(f"{path} describes its model in a form this version cannot read ({_clip(exc)})") from None
 
 
 def _build(path: str | os.PathLike, spec: ModelSpec, meta: dict[str, Any]) -> ComposedRetrievalModel:
@@ -234,9 +237,11 @@ def _build(path: str | os.PathLike, spec: ModelSpec, meta: dict[str, Any]) -> Co
         model = build_model(spec, None, for_checkpoint=True)
         model.load_extra_state_metadata(meta["extra_state"] or {})
     except UnknownNameError as exc:
-        raise CheckpointError(f"{path} needs the {exc.kind} {exc.name!r}, which no installed plugin provides; "
+        raise CheckpointError(f"{path} needs the {exc.kind} {_clip(repr(exc.name), 100)}, which no installed plugin provides; "
                               f"{_install_hint(spec, meta, exc)}") from None
-    except CheckpointError:
+    except CheckpointError as exc:  # a component's own; it may quote a value of any length from the file
+        if len(str(exc)) > 600:
+            raise CheckpointError(_clip(exc, 600)) from None
         raise
     except Exception as exc:  # the metadata is outside data: whatever it makes a component raise, it is refused
         message = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
@@ -330,6 +335,12 @@ def _provenance(kind: str, name: str) -> dict[str, str] | None:
         return registry.provenance(kind, name)
     except UnknownNameError:  # a component built outside the registry
         return None
+
+
+def _clip(text: Any, n: int = 300) -> str:
+    """``str(text)`` cut to ``n`` characters: an error quotes values from the file, which may be any length."""
+    text = str(text)
+    return text if len(text) <= n else text[: n - 1] + "…"
 
 
 def _few(items: list[str], n: int = 4) -> str:
