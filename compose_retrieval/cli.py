@@ -245,7 +245,7 @@ def compare(
 @app.command()
 def evaluate(
     path: str = typer.Argument(..., help="A run directory, a checkpoint (.safetensors) file or a zoo name."),
-    data_root: Optional[str] = typer.Option(None, help="Override the dataset location recorded in the checkpoint."),
+    data_root: Optional[str] = typer.Option(None, help="Where the dataset's files are (a checkpoint never chooses them; not for css-synthetic)."),
     protocol: Optional[str] = typer.Option(None, help="Test protocol (default: the one the model was evaluated on)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, ..."),
     batch_size: int = typer.Option(256, help="Images per forward pass."),

@@ -51,6 +51,19 @@ TINY_CLI_MODEL = [
 ]
 
 
+def assert_one_line_error(result, *fragments: str) -> str:
+    """Exit 1, no traceback (CliRunner would hold the exception), one line on stderr naming the problem."""
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit), repr(result.exception)
+    assert "Traceback" not in result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error:"), lines[0]
+    for fragment in fragments:
+        assert fragment.lower() in lines[0].lower(), lines[0]
+    return lines[0]
+
+
 def invoke(*args: Any):
     """The CLI through typer's CliRunner, in a wide terminal so that rich tables never wrap a name."""
     from typer.testing import CliRunner

@@ -9,7 +9,7 @@ import pytest
 from compose_retrieval.checkpoint import read_metadata
 from compose_retrieval.training import CHECKPOINT_NAME
 
-from conftest import BUILTIN_COMBINERS, TINY_CLI_MODEL, invoke
+from conftest import BUILTIN_COMBINERS, TINY_CLI_MODEL, assert_one_line_error, invoke
 
 TINY_TRAIN = [
     *TINY_CLI_MODEL,
@@ -17,17 +17,6 @@ TINY_TRAIN = [
 ]
 
 
-def assert_one_line_error(result, *fragments: str) -> str:
-    """Exit 1, no traceback (CliRunner would hold the exception), one line on stderr naming the problem."""
-    assert result.exit_code == 1, result.output
-    assert isinstance(result.exception, SystemExit), repr(result.exception)
-    assert "Traceback" not in result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error:")
-    for fragment in fragments:
-        assert fragment.lower() in lines[0].lower(), lines[0]
-    return lines[0]
 
 
 def test_list_combiners():

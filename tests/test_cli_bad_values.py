@@ -15,23 +15,12 @@ import torch
 import compose_retrieval.cli
 from compose_retrieval.checkpoint import save_checkpoint
 
-from conftest import TINY_CLI_MODEL, TINY_DATASET, invoke, tiny_model
+from conftest import TINY_CLI_MODEL, TINY_DATASET, assert_one_line_error, invoke, tiny_model
 
 TINY_DATA = [arg for key, value in TINY_DATASET.items() for arg in ("--dataset-opt", f"{key}={value}")]
 TINY_TRAIN = [*TINY_CLI_MODEL, *TINY_DATA]
 
 
-def assert_one_line_error(result, *fragments: str) -> str:
-    """Exit 1, no traceback, exactly one non-empty stderr line starting "error:" and naming the problem."""
-    assert result.exit_code == 1, result.output
-    assert isinstance(result.exception, SystemExit), repr(result.exception)
-    assert "Traceback" not in result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error:"), lines[0]
-    for fragment in fragments:
-        assert fragment.lower() in lines[0].lower(), lines[0]
-    return lines[0]
 
 
 def _replace(args: list[str], option: str, value: str) -> list[str]:

@@ -12,9 +12,9 @@ from PIL import Image
 
 from compose_retrieval import DatasetError, registry
 
-from conftest import TINY_CLI_MODEL, invoke
 from compose_retrieval_css_synthetic.cssfiles import DATA_FILE, image_path, write_data_file
-from test_cli import assert_one_line_error
+
+from conftest import TINY_CLI_MODEL, assert_one_line_error, invoke
 
 
 class RunsACommand:

@@ -17,21 +17,11 @@ from compose_retrieval.checkpoint import load_checkpoint, read_metadata, save_ch
 from compose_retrieval.training import CHECKPOINT_NAME, claim_run_dir, new_run_dir, train
 from compose_retrieval.zoo import CACHE_ENV, pretrained_info, resolve, sha256_of, zoo_dir
 
-from conftest import TINY_CLI_MODEL, TINY_DATASET, invoke, tiny_config, tiny_model
+from conftest import TINY_CLI_MODEL, TINY_DATASET, assert_one_line_error, invoke, tiny_config, tiny_model
 
 COLOURS = {"red": (220, 30, 30), "blue": (30, 60, 220), "green": (30, 190, 40)}
 
 
-def assert_one_line_error(result, *fragments: str) -> str:
-    assert result.exit_code == 1, result.output
-    assert isinstance(result.exception, SystemExit), repr(result.exception)
-    assert "Traceback" not in result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error:")
-    for fragment in fragments:
-        assert fragment.lower() in lines[0].lower(), lines[0]
-    return lines[0]
 
 
 def _triplets_with_a_broken_gallery_image(root: Path) -> Path:
