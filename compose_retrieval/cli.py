@@ -131,6 +131,9 @@ def train(
     batch_size: Optional[int] = typer.Option(None, help="Batch size (overrides the recipe)."),
     lr: Optional[float] = typer.Option(None, help="Learning rate (overrides the recipe)."),
     optimizer: Optional[str] = typer.Option(None, help="sgd or adamw (overrides the recipe)."),
+    mods_per_source: Optional[int] = typer.Option(
+        None, help="Different texts of one source in a batch (default: the dataset's; css and mitstates: 2, as google/tirg)."
+    ),
     seed: int = typer.Option(0, help="Random seed of the model and the batches."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1, ..."),
     workers: int = typer.Option(0, help="DataLoader worker processes."),
@@ -163,7 +166,7 @@ def train(
                 "use --image-encoder-opt KEY=VALUE"
             )
         if image_encoder == "timm":
-            image_options = {"model_name": backbone, "pretrained": pretrained} if backbone else recipe_backbone(recipe, pretrained)
+            image_options = recipe_backbone(recipe, pretrained, backbone)
         spec = ModelSpec(
             combiner=ComponentSpec(combiner, parse_options(combiner_opt, "combiner")),
             image_encoder=ComponentSpec(image_encoder, {**image_options, **parse_options(image_encoder_opt, "image encoder")}),
@@ -185,6 +188,7 @@ def train(
             batch_size=batch_size,
             lr=lr,
             optimizer=optimizer,
+            mods_per_source=mods_per_source,
             seed=seed,
             device=device,
             num_workers=workers,
@@ -210,6 +214,7 @@ def compare(
     dataset_opt: Optional[List[str]] = typer.Option(None, help="Dataset option KEY=VALUE (repeatable)."),
     recipe: str = typer.Option("cpu", help="Training recipe shared by every run."),
     steps: Optional[int] = typer.Option(None, help="Training steps (overrides the recipe)."),
+    mods_per_source: Optional[int] = typer.Option(None, help="Different texts of one source in a batch (default: the dataset's)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, ..."),
     out: Path = typer.Option(Path("runs/compare"), help="Run directories and comparison.md / comparison.csv go here."),
 ) -> None:
@@ -229,7 +234,7 @@ def compare(
             check_value("compare", f"seeds of {name}", n, Annotated[int, Range(1, 1000)])
         base = TrainConfig.from_recipe(
             recipe, dataset=dataset, data_root=data_root, dataset_options=parse_options(dataset_opt, "dataset"),
-            steps=steps, device=device,
+            steps=steps, mods_per_source=mods_per_source, device=device,
         )
         base.validate()
 

@@ -63,8 +63,8 @@ def _clear_interrupted(run_dir: Path) -> None:
 def _reuse(checkpoint: Path, config: TrainConfig) -> dict[str, Any]:
     """The metrics of a finished run, if it was trained with this config's recipe."""
     saved = read_metadata(checkpoint)["recipe"] or {}
-    # a loss or protocol left to the dataset (None) is saved as the name it resolved to
-    wanted = {k: v for k, v in recipe_of(config).items() if not (k in ("loss", "protocol") and v is None)}
+    # a loss, protocol or batch composition left to the dataset (None) is saved as what it resolved to
+    wanted = {k: v for k, v in recipe_of(config).items() if not (k in ("loss", "protocol", "mods_per_source") and v is None)}
     differ = [k for k, v in wanted.items() if saved.get(k) != v]
     if differ:
         k = differ[0]

@@ -111,6 +111,14 @@ class Triplets(torch.utils.data.Dataset):
         """(source, text, target) image indices and text of item ``index``, without loading images."""
         return self.sources[index], self.texts[index], self.targets[index]
 
+    def mods_of(self, source: int) -> dict[str, list[int]]:
+        """Every text of ``source`` in these triplets, with the targets it leads to."""
+        if not hasattr(self, "_mods"):
+            self._mods: dict[int, dict[str, list[int]]] = {}
+            for s, text, t in zip(self.sources, self.texts, self.targets):
+                self._mods.setdefault(s, {}).setdefault(text, []).append(t)
+        return self._mods.get(source, {})
+
     def __getitem__(self, index: int) -> dict:
         source, text, target = self.triplet(index)
         return {"source": self.source_images[source], "text": text, "target": self.images[target]}
@@ -128,11 +136,19 @@ class SampledPairs(torch.utils.data.Dataset):
     """
 
     def __init__(self, images: torch.utils.data.Dataset, length: int, draw, *, seed: int = 0, what: str = "dataset",
-                 source_images: torch.utils.data.Dataset | None = None):
+                 source_images: torch.utils.data.Dataset | None = None, mods_of=None):
         if length <= 0:
             raise DatasetError(f"{what}: no training pairs (no source image has a modification)")
-        self.images, self.length, self.draw, self.seed = images, length, draw, seed
+        self.images, self.length, self.draw, self.seed, self.what = images, length, draw, seed, what
         self.source_images = images if source_images is None else source_images  # as in Triplets
+        self._mods_of = mods_of
+
+    def mods_of(self, source: int) -> dict[str, Sequence[int]]:
+        """Every text the rule can draw for ``source``, with the targets it leads to (``mods_of`` given to the constructor)."""
+        if self._mods_of is None:
+            raise DatasetError(f"{self.what} cannot list the modifications of one source, so it cannot put several "
+                               "of them in a batch; use --mods-per-source 1")
+        return self._mods_of(source)
 
     def __len__(self) -> int:
         return self.length
@@ -144,6 +160,59 @@ class SampledPairs(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict:
         source, text, target = self.triplet(index)
         return {"source": self.source_images[source], "text": text, "target": self.images[target]}
+
+
+class SameSourceBatches(torch.utils.data.Dataset):
+    """Training batches in which every source comes with ``per_source`` different texts.
+
+    google/tirg's CSS and MIT-States loaders make every second item reuse the previous
+    item's source with another modification, and a batch is filled by consecutive
+    items: each batch holds B/2 sources, each with two texts and two targets. A query's
+    negatives then include the other edit of its own image, so the text must decide
+    between two targets of one source. This dataset makes that composition a choice
+    for any training set that lists a source's modifications (``mods_of``): item ``b``
+    is a whole batch (a dict of stacked "source" and "target" images and a list of
+    "text"), drawn from a numpy Generator seeded by (``seed``, ``b``), so it is the same
+    batch in any process and with any number of DataLoader workers. For each group the
+    first pair is the training set's own draw (``triplet`` of a random item, keeping the
+    dataset's weighting of sources); the others take other texts of the same source,
+    without repeats, each with one of its targets. A source with too few texts is drawn
+    again. An epoch holds as many pairs as the training set (``len(train_set) // B`` batches).
+    """
+
+    def __init__(self, train_set, batch_size: int, per_source: int, seed: int = 0, *, tries: int = 1000):
+        if per_source < 1 or batch_size % per_source:
+            raise DatasetError(f"a batch of {batch_size} cannot hold groups of {per_source} pairs of one source; "
+                               "choose --mods-per-source dividing --batch-size")
+        self.train_set, self.batch_size, self.per_source, self.seed, self.tries = train_set, batch_size, per_source, seed, tries
+
+    def __len__(self) -> int:
+        return len(self.train_set) // self.batch_size
+
+    def group(self, rng: np.random.Generator) -> list[tuple[int, str, int]]:
+        """One source with ``per_source`` different texts: (source, text, target) each."""
+        for _ in range(self.tries):
+            source, text, target = self.train_set.triplet(int(rng.integers(len(self.train_set))))
+            mods = self.train_set.mods_of(source)
+            others = [t for t in mods if t != text]
+            if len(others) >= self.per_source - 1:
+                chosen = [others[i] for i in rng.choice(len(others), self.per_source - 1, replace=False)]
+                return [(source, text, target)] + [(source, t, mods[t][rng.integers(len(mods[t]))]) for t in chosen]
+        raise DatasetError(f"no source of the training set met in {self.tries} draws has {self.per_source} different "
+                           f"texts; lower --mods-per-source")
+
+    def triplets(self, index: int) -> list[tuple[int, str, int]]:
+        """The (source, text, target) of batch ``index``, without loading images."""
+        rng = np.random.default_rng((self.seed, index))
+        return [item for _ in range(self.batch_size // self.per_source) for item in self.group(rng)]
+
+    def __getitem__(self, index: int) -> dict:
+        items = self.triplets(index)
+        return {
+            "source": torch.stack([self.train_set.source_images[s] for s, _, _ in items]),
+            "text": [text for _, text, _ in items],
+            "target": torch.stack([self.train_set.images[t] for _, _, t in items]),
+        }
 
 
 PASSES = 64

@@ -259,11 +259,16 @@ class Dataset:
     trains from flat drawings to renders); ``train_texts()`` lists
     every training text (for fitting a vocabulary); ``protocols()`` names the test
     protocols and ``protocol(name)`` builds one. ``default_loss`` is the loss the
-    paper used on it.
+    paper used on it. ``mods_per_source`` is how many different texts of one source a
+    training batch holds by default (1: pairs drawn independently; 2: google/tirg's CSS
+    and MIT-States batches); above 1 the training set must list a source's
+    modifications (``mods_of(source) -> {text: [targets]}``, as ``Triplets`` and
+    ``SampledPairs`` do).
     """
 
     description: ClassVar[str] = ""
     default_loss: ClassVar[str] = "soft_triplet"
+    mods_per_source: ClassVar[int] = 1
     preprocessing: Preprocessing
 
     def config(self) -> dict[str, Any]:

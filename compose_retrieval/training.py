@@ -20,6 +20,7 @@ import torch
 
 from . import registry
 from .checkpoint import atomic_write, save_checkpoint
+from .data import SameSourceBatches
 from .errors import ComposeRetrievalError, DatasetError, OptionError, UnknownNameError
 from .evaluation import evaluate
 from .model import ComponentSpec, ComposedRetrievalModel, ModelSpec, build_model
@@ -51,6 +52,14 @@ RECIPE_BACKBONES: dict[str, dict[str, Any]] = {
     "paper": {"model_name": "resnet18"},
     "cpu": {"model_name": "resnet18", "model_kwargs": {"channels": [32, 64, 128, 256]}},
 }
+# How a recipe initialises its backbone, whatever its width. The paper recipe starts ResNet-18
+# as torchvision (google/tirg's backbone) does: the last BatchNorm of each residual block at
+# weight 1. timm zeroes it by default (zero_init_last), so every block starts as the identity;
+# from random initialisation that alone cost 19 points of recall@1 at 1,000 steps on CSS-style
+# data (benchmarks/RESULTS.md, section 5).
+RECIPE_BACKBONE_INIT: dict[str, dict[str, Any]] = {
+    "paper": {"zero_init_last": False},
+}
 
 
 @dataclass
@@ -65,6 +74,8 @@ class TrainConfig:
     protocol: str | None = None
     loss: str | None = None  # None: the dataset's default loss
     loss_options: dict[str, Any] = field(default_factory=dict)
+    # different texts of one source in a batch (None: the dataset's default; css and mitstates: 2, as google/tirg)
+    mods_per_source: Annotated[int, Range(1, 1024)] | None = None
     recipe: str | None = None  # the named recipe these values came from (from_recipe), if any
     optimizer: str = "sgd"
     lr: Annotated[float, Range(0, None)] = 1e-2
@@ -112,6 +123,8 @@ class TrainConfig:
             raise UnknownNameError("lr schedule", self.lr_schedule, difflib.get_close_matches(self.lr_schedule, SCHEDULES), list(SCHEDULES))
         if self.optimizer not in OPTIMIZERS:
             raise UnknownNameError("optimizer", self.optimizer, difflib.get_close_matches(self.optimizer, OPTIMIZERS), list(OPTIMIZERS))
+        if self.mods_per_source is not None and self.batch_size % self.mods_per_source:
+            raise OptionError(f"--mods-per-source {self.mods_per_source} must divide --batch-size {self.batch_size}")
         resolve_device(self.device)
         if self.run_dir is not None and Path(self.run_dir).exists() and not Path(self.run_dir).is_dir():
             raise ComposeRetrievalError(f"--run-dir {self.run_dir} is a file, not a folder; choose a new folder for the run")
@@ -139,12 +152,25 @@ def check_recipe(recipe: str) -> None:
         raise UnknownNameError("recipe", recipe, difflib.get_close_matches(recipe, RECIPES), sorted(RECIPES))
 
 
-def recipe_backbone(recipe: str, pretrained: bool = False) -> dict[str, Any]:
-    """The timm image-encoder options of a recipe; ImageNet weights exist for the full-width model only."""
+def recipe_backbone(recipe: str, pretrained: bool = False, model_name: str | None = None) -> dict[str, Any]:
+    """The timm image-encoder options of a recipe, or of the backbone ``model_name`` under it.
+
+    A named backbone has timm's default width; it keeps the recipe's initialisation when it
+    is the recipe's own model. ImageNet weights exist for the full width only, so
+    ``pretrained`` drops the cpu recipe's narrow channels.
+    """
     check_recipe(recipe)
+    default = RECIPE_BACKBONES[recipe]
+    name = model_name or default["model_name"]
+    kwargs = dict(default.get("model_kwargs", {})) if model_name is None and not pretrained else {}
+    if name == default["model_name"]:
+        kwargs.update(RECIPE_BACKBONE_INIT.get(recipe, {}))
+    options: dict[str, Any] = {"model_name": name}
     if pretrained:
-        return {"model_name": "resnet18", "pretrained": True}
-    return json.loads(json.dumps(RECIPE_BACKBONES[recipe]))
+        options["pretrained"] = True
+    if kwargs:
+        options["model_kwargs"] = json.loads(json.dumps(kwargs))
+    return options
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -251,6 +277,23 @@ def _train_set(dataset, seed: int, protocol: str | None) -> torch.utils.data.Dat
     return dataset.train_set(**{k: v for k, v in (("seed", seed), ("protocol", protocol)) if k in accepted})
 
 
+def training_loader(train_set: torch.utils.data.Dataset, config: TrainConfig, device: torch.device) -> torch.utils.data.DataLoader:
+    """The batches of a run: shuffled pairs, or with ``config.mods_per_source`` > 1 batches in which every source
+    comes with that many different texts (SameSourceBatches); the same batches with any number of workers."""
+    common = dict(num_workers=config.num_workers, persistent_workers=config.num_workers > 0,
+                  pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(config.seed))
+    if (config.mods_per_source or 1) > 1:
+        batches = SameSourceBatches(train_set, config.batch_size, config.mods_per_source, config.seed)
+        loader = torch.utils.data.DataLoader(batches, batch_size=None, shuffle=True, **common)
+    else:
+        loader = torch.utils.data.DataLoader(train_set, batch_size=config.batch_size, shuffle=True, drop_last=True, **common)
+    if len(loader) == 0:
+        raise ComposeRetrievalError(
+            f"dataset {config.dataset!r} has fewer training pairs than one batch of {config.batch_size}; lower --batch-size"
+        )
+    return loader
+
+
 def _endless(loader):
     while True:
         try:
@@ -290,7 +333,7 @@ def train(
 
     dataset = registry.create("dataset", config.dataset, data_root=config.data_root, **config.dataset_options)
     loss_name = config.loss or dataset.default_loss
-    config = replace(config, loss=loss_name)
+    config = replace(config, loss=loss_name, mods_per_source=config.mods_per_source or getattr(dataset, "mods_per_source", 1))
     if config.init_from:
         from .checkpoint import load_checkpoint
         from .zoo import resolve
@@ -309,21 +352,7 @@ def train(
     model.place(device).train()
     optimizer = make_optimizer(model, config)
 
-    generator = torch.Generator().manual_seed(config.seed)
-    loader = torch.utils.data.DataLoader(
-        _train_set(dataset, config.seed, protocol.name),
-        batch_size=config.batch_size,
-        shuffle=True,
-        drop_last=True,
-        generator=generator,
-        num_workers=config.num_workers,
-        persistent_workers=config.num_workers > 0,
-        pin_memory=device.type == "cuda",
-    )
-    if len(loader) == 0:
-        raise ComposeRetrievalError(
-            f"dataset {config.dataset!r} has fewer training pairs than one batch of {config.batch_size}; lower --batch-size"
-        )
+    loader = training_loader(_train_set(dataset, config.seed, protocol.name), config, device)
     log = MetricsLog(run_dir)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=config.amp and device.type == "cuda")
 

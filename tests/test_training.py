@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from compose_retrieval import ComposeRetrievalError, UnknownNameError
+from compose_retrieval import ComponentSpec, ComposeRetrievalError, ModelSpec, UnknownNameError, build_model
 from compose_retrieval.checkpoint import load_checkpoint, read_metadata
 from compose_retrieval.evaluation import evaluate_checkpoint
 from compose_retrieval.training import CHECKPOINT_NAME, TrainConfig, train
@@ -149,3 +149,18 @@ def test_a_dataset_plugin_without_the_seed_argument_still_trains():
 
     assert _train_set(Old(), 7, "3d") == "pairs" and _train_set(Seeded(), 7, "3d") == 7
     assert _train_set(New(), 7, "3d") == (7, "3d")
+
+
+def test_the_paper_recipe_initialises_resnet_as_torchvision_does():
+    """google/tirg's ResNet-18 (torchvision) starts the last BatchNorm of each residual block at 1; timm's at 0."""
+    from compose_retrieval.training import recipe_backbone
+
+    def last_bn_weights(options):
+        body = build_model(ModelSpec(image_encoder=ComponentSpec("timm", options))).image_encoder.body
+        return {float(block.bn2.weight.mean()) for layer in (body.layer1, body.layer4) for block in layer}
+
+    assert last_bn_weights(recipe_backbone("paper")) == {1.0}
+    assert last_bn_weights(recipe_backbone("paper", model_name="resnet18")) == {1.0}  # naming the recipe's model keeps it
+    assert last_bn_weights(recipe_backbone("cpu")) == {0.0}  # the cpu recipe keeps timm's default
+    assert recipe_backbone("paper", model_name="resnet50") == {"model_name": "resnet50"}  # another model: timm's defaults
+    assert recipe_backbone("cpu", pretrained=True) == {"model_name": "resnet18", "pretrained": True}  # full width

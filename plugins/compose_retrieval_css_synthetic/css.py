@@ -84,6 +84,14 @@ class _Split:
     def pairs(self) -> list[tuple[int, str, int]]:
         return [(f, text, t) for text, pairs in self.mods for f, t in pairs]
 
+    def mods_of(self, source: int) -> dict[str, list[int]]:
+        """The modifications of image ``source``: text -> the images it leads to."""
+        if not hasattr(self, "_mods_of"):
+            self._mods_of: dict[int, dict[str, list[int]]] = {}
+            for f, text, t in self.pairs:
+                self._mods_of.setdefault(f, {}).setdefault(text, []).append(t)
+        return self._mods_of.get(source, {})
+
     def draw(self, index: int, rng: np.random.Generator) -> tuple[int, str, int]:
         """A training pair as google/tirg draws one: a random modification, then one of its (from, to) pairs."""
         text, pairs = self.mods[rng.integers(len(self.mods))]
@@ -109,13 +117,16 @@ class CSS(Dataset):
     asks for a resize and centre crop. Training draws pairs as google/tirg does, a
     random modification, then a random one of its (from, to) pairs, every draw fresh
     (an epoch holds 64 draws per image), from the run's seed and with no state on the
-    dataset, so any number of DataLoader workers gives valid pairs. (google/tirg also makes every
-    second item reuse the previous item's source with another modification; with a
-    shuffled sampler those two items rarely share a batch, so this loader does not.)
-    Options: ``image_size`` (None: the images' own size), ``skip_unreadable``.
+    dataset, so any number of DataLoader workers gives valid pairs. google/tirg also makes every
+    second draw reuse the previous draw's source with another modification, per call, so
+    each of its batches holds 16 sources with two texts each: training does the same here
+    by default (``mods_per_source`` = 2, ``--mods-per-source``; see
+    compose_retrieval.data.SameSourceBatches). Options: ``image_size`` (None: the images'
+    own size), ``skip_unreadable``.
     """
 
     default_loss = "soft_triplet"
+    mods_per_source = 2  # google/tirg's batches: two texts of each source
 
     def __init__(self, data_root: str | None = None, image_size: Annotated[int, Range(8, 4096)] | None = None,
                  skip_unreadable: bool = False):
@@ -138,7 +149,7 @@ class CSS(Dataset):
         # PASSES x as many draws as google/tirg's epoch (one per image): item j is fixed by (seed, j),
         # so a shorter dataset would repeat its draws every pass
         return SampledPairs(ImageFiles(s.paths, self.preprocessing), len(s.paths) * PASSES, s.draw, seed=seed, what="css",
-                            source_images=self.drawings(s) if protocol == "2d-to-3d" else None)
+                            source_images=self.drawings(s) if protocol == "2d-to-3d" else None, mods_of=s.mods_of)
 
     def drawings(self, split: _Split) -> TensorImages:
         """The flat 2D drawings of a split's scenes, drawn from the objects in the file."""

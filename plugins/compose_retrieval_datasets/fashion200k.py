@@ -137,10 +137,20 @@ class Fashion200k(Dataset):
         target = self.caption_images[sibling][rng.integers(len(self.caption_images[sibling]))]
         return source, different_words(caption, sibling)[2], target
 
+    def mods_of(self, source: int) -> dict[str, list[int]]:
+        """Training image ``source``'s modifications: "replace X with Y" -> the images of each sibling caption."""
+        caption = self.images["train"][source][1]
+        mods: dict[str, list[int]] = {}
+        for parent in self.parents[caption]:
+            for sibling in self.children[parent]:
+                if sibling != caption:
+                    mods.setdefault(different_words(caption, sibling)[2], []).extend(self.caption_images[sibling])
+        return mods
+
     def train_set(self, seed: int = 0) -> SampledPairs:
         train = self.images["train"]
         images = ImageFiles([self.root / p for p, _ in train], self.preprocessing)
-        return SampledPairs(images, len(self.sources) * PASSES, self.draw, seed=seed, what="fashion200k")
+        return SampledPairs(images, len(self.sources) * PASSES, self.draw, seed=seed, what="fashion200k", mods_of=self.mods_of)
 
     def train_texts(self) -> list[str]:
         return [c for _, c in self.images["train"]]

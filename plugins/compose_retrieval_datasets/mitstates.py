@@ -41,6 +41,7 @@ class MITStates(Dataset):
     """
 
     default_loss = "batch_softmax"
+    mods_per_source = 2  # google/tirg's batches: each source with two other adjectives
 
     def __init__(self, data_root: str | None = None, image_size: Annotated[int, Range(8, 4096)] = 224,
                  skip_unreadable: bool = False):
@@ -88,10 +89,15 @@ class MITStates(Dataset):
         targets = self.adjectives["train"][noun][target_adjective]
         return source, target_adjective, targets[rng.integers(len(targets))]
 
+    def mods_of(self, source: int) -> dict[str, list[int]]:
+        """Training image ``source``'s modifications: each other adjective of its noun -> that pair's images."""
+        _, adjective, noun = self.images["train"][source]
+        return {a: ids for a, ids in self.adjectives["train"][noun].items() if a != adjective}
+
     def train_set(self, seed: int = 0) -> SampledPairs:
         train = self.images["train"]
         images = ImageFiles([p for p, _, _ in train], self.preprocessing)
-        return SampledPairs(images, len(self.sources) * PASSES, self.draw, seed=seed, what="mitstates")
+        return SampledPairs(images, len(self.sources) * PASSES, self.draw, seed=seed, what="mitstates", mods_of=self.mods_of)
 
     def train_texts(self) -> list[str]:
         return [f"{adjective} {noun}" for _, adjective, noun in self.images["train"]]
