@@ -50,6 +50,21 @@ def naive_batch_softmax(queries, targets, similarity):
     return -total / b
 
 
+def naive_soft_triplet_both_anchors(queries, targets, similarity):
+    """google/tirg's form over all negatives: the 2B features are anchors; the positive is the other member of the
+    pair, the negatives every feature of another pair; the mean of log(1 + exp(kappa(a, n) - kappa(a, p)))."""
+    features = list(queries) + list(targets)
+    b = queries.shape[0]
+    total, count = queries.new_zeros(()), 0
+    for a in range(2 * b):
+        positive = kappa(features[a], features[(a + b) % (2 * b)], similarity)
+        for k in range(2 * b):
+            if k % b != a % b:
+                total = total + torch.log(1 + torch.exp(kappa(features[a], features[k], similarity) - positive))
+                count += 1
+    return total / count
+
+
 NAIVE = {"soft_triplet": naive_soft_triplet, "batch_softmax": naive_batch_softmax}
 CASES = [("soft_triplet", "l2"), ("soft_triplet", "dot"), ("batch_softmax", "dot"), ("batch_softmax", "l2")]
 
@@ -103,3 +118,16 @@ def test_soft_triplet_needs_a_negative():
 def test_unknown_similarity_raises(name):
     with pytest.raises((ValueError, ComposeRetrievalError), match="cosine"):
         compose_retrieval.create("loss", name, similarity="cosine")
+
+
+@pytest.mark.parametrize("similarity", ["l2", "dot"])
+def test_soft_triplet_with_both_anchors_matches_google_tirgs_form(similarity):
+    gen = torch.Generator().manual_seed(7)
+    queries = torch.randn(4, 3, generator=gen, requires_grad=True)
+    targets = torch.randn(4, 3, generator=gen, requires_grad=True)
+    loss = compose_retrieval.create("loss", "soft_triplet", similarity=similarity, anchors="both")(queries, targets)
+    expected = naive_soft_triplet_both_anchors(queries, targets, similarity)
+    assert torch.allclose(loss, expected, atol=1e-5)
+    grads = torch.autograd.grad(loss, [queries, targets])
+    naive_grads = torch.autograd.grad(expected, [queries, targets])
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(grads, naive_grads))
