@@ -65,7 +65,8 @@ def test_the_authors_datasets_pair_every_source_with_two_texts_by_default_with_a
 
 
 def test_every_dataset_can_group_its_pairs(tiny_dataset, tmp_path):
-    assert tiny_dataset.mods_per_source == 1  # css-synthetic keeps independent pairs unless asked
+    assert tiny_dataset.mods_per_source == 2  # css-synthetic imitates CSS, batches included
+    assert compose_retrieval.registry.get_entry("dataset", "triplets").factory.mods_per_source == 1  # a user's own: independent pairs
     assert_grouped(_batches(tiny_dataset, 2, workers=0), 2)
     four = compose_retrieval.create("dataset", "css-synthetic", **{**TINY_DATASET, "mods_per_scene": 4})
     assert_grouped(_batches(four, 4, workers=0), 4)  # each source of css-synthetic has mods_per_scene texts
@@ -105,4 +106,6 @@ def test_the_run_records_its_batch_composition(tmp_path):
     assert read_metadata(tmp_path / "grouped" / CHECKPOINT_NAME)["recipe"]["mods_per_source"] == 2
     # left to the dataset, the value it resolved to is what the run records
     result = train(tiny_config(steps=4, run_dir=str(tmp_path / "default")), progress=False)
-    assert read_metadata(tmp_path / "default" / CHECKPOINT_NAME)["recipe"]["mods_per_source"] == 1
+    assert read_metadata(tmp_path / "default" / CHECKPOINT_NAME)["recipe"]["mods_per_source"] == 2
+    result = train(tiny_config(steps=4, mods_per_source=1, run_dir=str(tmp_path / "independent")), progress=False)
+    assert read_metadata(tmp_path / "independent" / CHECKPOINT_NAME)["recipe"]["mods_per_source"] == 1

@@ -121,13 +121,16 @@ def test_tirg_learns_beyond_chance():
 def test_init_from_starts_from_a_checkpoint(tiny_run, tmp_path):
     """--init-from: the checkpoint's model, weights and vocabulary; with lr 0 nothing moves, so recall is the same."""
     result, run_dir, _ = tiny_run
-    config = tiny_config(model=tiny_spec("concat"), init_from=str(run_dir), steps=2, lr=0.0, run_dir=str(tmp_path / "again"))
+    # independent pairs: batches of sources shown twice each would pull the BatchNorm statistics further
+    config = tiny_config(model=tiny_spec("concat"), init_from=str(run_dir), steps=2, lr=0.0, mods_per_source=1,
+                         run_dir=str(tmp_path / "again"))
     again = train(config, progress=False)
     assert again.config.model == result.model.spec  # tirg, not the concat of the config
     assert again.model.text_encoder.vocabulary.words == result.model.text_encoder.vocabulary.words
     before, after = result.model.state_dict(), again.model.state_dict()
     assert all(torch.equal(before[k].cpu(), after[k].cpu()) for k in before if "running" not in k and "num_batches" not in k)
-    assert again.metrics["recall@1"] == pytest.approx(result.metrics["recall@1"], abs=0.02)  # BatchNorm statistics move a little
+    # the two steps move only the BatchNorm statistics: at most two of the 32 queries change their first answer
+    assert again.metrics["recall@1"] == pytest.approx(result.metrics["recall@1"], abs=2 / again.metrics["queries"] + 1e-9)
     saved = json.loads((tmp_path / "again" / "config.json").read_text())
     assert saved["init_from"] == str(run_dir) and saved["model"]["combiner"]["name"] == "tirg"
 
