@@ -55,8 +55,8 @@ RECIPE_BACKBONES: dict[str, dict[str, Any]] = {
 # How a recipe initialises its backbone, whatever its width. The paper recipe starts ResNet-18
 # as torchvision (google/tirg's backbone) does: the last BatchNorm of each residual block at
 # weight 1. timm zeroes it by default (zero_init_last), so every block starts as the identity;
-# from random initialisation that alone cost 19 points of recall@1 at 1,000 steps on CSS-style
-# data (benchmarks/RESULTS.md, section 5).
+# from random initialisation that cost 12 points of recall@1 at 1,000 steps on CSS-style
+# data (benchmarks/RESULTS.md, section 6: parity with google/tirg).
 RECIPE_BACKBONE_INIT: dict[str, dict[str, Any]] = {
     "paper": {"zero_init_last": False},
 }

@@ -160,7 +160,7 @@ def test_the_paper_recipe_initialises_resnet_as_torchvision_does():
 
     def last_bn_weights(options):
         body = build_model(ModelSpec(image_encoder=ComponentSpec("timm", options))).image_encoder.body
-        return {float(block.bn2.weight.mean()) for layer in (body.layer1, body.layer4) for block in layer}
+        return {float(block.bn2.weight.detach().mean()) for layer in (body.layer1, body.layer4) for block in layer}
 
     assert last_bn_weights(recipe_backbone("paper")) == {1.0}
     assert last_bn_weights(recipe_backbone("paper", model_name="resnet18")) == {1.0}  # naming the recipe's model keeps it
