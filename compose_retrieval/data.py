@@ -177,7 +177,11 @@ class SameSourceBatches(torch.utils.data.Dataset):
     first pair is the training set's own draw (``triplet`` of a random item, keeping the
     dataset's weighting of sources); the others take other texts of the same source,
     without repeats, each with one of its targets. A source with too few texts is drawn
-    again. An epoch holds as many pairs as the training set (``len(train_set) // B`` batches).
+    again. An epoch holds as many pairs as the training set (``len(train_set) // B`` batches),
+    and batch ``b`` is the same in every epoch: over a training set of fixed triplets
+    (``Triplets``) a run longer than one epoch meets its batches again in a new order
+    (css-synthetic's 1,200 default steps pass 3.2 times over its 375 batches), while a
+    ``SampledPairs`` set holds ``PASSES`` draws per source and rarely repeats one.
     """
 
     def __init__(self, train_set, batch_size: int, per_source: int, seed: int = 0, *, tries: int = 1000):
