@@ -14,6 +14,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -39,9 +40,10 @@ os.umask(_UMASK)
 
 def _remove_stale_temporaries(path: Path) -> None:
     """Delete the temporary files of earlier writes of ``path`` whose writer process is gone (killed mid-write)."""
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.(\d+)\.[^.]+\.tmp")  # exactly this path's: not "out.5"'s
     for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
-        pid = tmp.name[len(path.name) + 2 :].split(".", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
+        found = pattern.fullmatch(tmp.name)
+        if found and not _alive(int(found.group(1))):
             tmp.unlink(missing_ok=True)
 
 
@@ -111,14 +113,25 @@ def save_checkpoint(
         "model": json.dumps(model.spec.to_dict()),
         "extra_state": json.dumps(model.extra_state_metadata()),
         "preprocessing": json.dumps(model.preprocessing.to_dict() if model.preprocessing else None),
-        "recipe": json.dumps(recipe or {}),
-        "metrics": json.dumps(metrics or {}),
+        "recipe": json.dumps(_finite(recipe or {})),
+        "metrics": json.dumps(_finite(metrics or {})),  # nan (a recall over no queries) is written as null
         # which plugin (and package) provided each component, so a machine without it is told what to install
         "plugins": json.dumps({key: _provenance(key, getattr(model.spec, key).name) for key in _COMPONENTS}),
         "tensor_sha256": tensors_sha256(state),
     }
     atomic_write(path, lambda tmp: save_file(state, tmp, metadata=metadata), exclusive=exclusive)
     return Path(path)
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by None: strict JSON, which loading demands."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def tensors_sha256(state: dict[str, torch.Tensor]) -> str:

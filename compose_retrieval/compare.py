@@ -72,7 +72,12 @@ def _reuse(checkpoint: Path, config: TrainConfig) -> dict[str, Any]:
             f"{checkpoint.parent} was trained with another recipe ({k}: {saved.get(k)!r}, now {wanted[k]!r}); "
             "choose another --out, or remove that run to train it again"
         )
-    return read_metadata(checkpoint)["metrics"]
+    metrics = read_metadata(checkpoint)["metrics"] or {}
+    if "recall@1" not in metrics:  # saved, but its evaluation failed or was interrupted: evaluate it now
+        from .evaluation import evaluate_checkpoint
+
+        metrics = {**metrics, **evaluate_checkpoint(checkpoint, data_root=config.data_root, device=config.device)}
+    return metrics
 
 
 def summarise(name: str, results: list[dict[str, Any]], images_per_step: int) -> dict[str, Any]:

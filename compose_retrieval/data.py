@@ -189,6 +189,7 @@ class SameSourceBatches(torch.utils.data.Dataset):
             raise DatasetError(f"a batch of {batch_size} cannot hold groups of {per_source} pairs of one source; "
                                "choose --mods-per-source dividing --batch-size")
         self.train_set, self.batch_size, self.per_source, self.seed, self.tries = train_set, batch_size, per_source, seed, tries
+        self.triplets(0)  # a composition the data cannot give fails here, in the main process, as one line
 
     def __len__(self) -> int:
         return len(self.train_set) // self.batch_size

@@ -323,13 +323,27 @@ def train(
     progress: bool = True,
     on_log: Callable[[dict[str, Any]], None] | None = None,
 ) -> TrainResult:
-    """Train ``config.model`` on ``config.dataset``, evaluate it, save it in ``config.run_dir``."""
+    """Train ``config.model`` on ``config.dataset``, evaluate it, save it in ``config.run_dir``.
+
+    A run that stops before it has saved a model (a bad option met late, a divergence,
+    Ctrl-C) removes the files it wrote, so the same ``--run-dir`` can be used again.
+    """
     config.validate()
-    seed_everything(config.seed)
-    device = resolve_device(config.device)
     run_dir = Path(config.run_dir) if config.run_dir else None
     if run_dir:
         claim_run_dir(run_dir, config)
+    try:
+        return _train(config, run_dir, progress, on_log)
+    except BaseException:
+        if run_dir and not (run_dir / CHECKPOINT_NAME).exists():
+            for name in ("config.json", "metrics.jsonl"):
+                (run_dir / name).unlink(missing_ok=True)
+        raise
+
+
+def _train(config: TrainConfig, run_dir: Path | None, progress: bool, on_log) -> TrainResult:
+    seed_everything(config.seed)
+    device = resolve_device(config.device)
 
     dataset = registry.create("dataset", config.dataset, data_root=config.data_root, **config.dataset_options)
     loss_name = config.loss or dataset.default_loss

@@ -105,3 +105,16 @@ def test_an_interrupted_run_is_retrained_but_a_users_folder_is_refused(tmp_path)
         run_comparison(base, ["concat"], {"concat": [0]}, tmp_path)
     assert sorted(p.name for p in users.iterdir()) == ["config.json", "metrics.jsonl", "notes.txt"]
     assert (users / "notes.txt").read_text() == "my notes\n" and (users / "config.json").read_text() == "{}"
+
+
+def test_a_saved_run_whose_evaluation_failed_is_evaluated_when_the_comparison_resumes(tmp_path):
+    from compose_retrieval.checkpoint import load_checkpoint, read_metadata, save_checkpoint
+
+    base = tiny_config(steps=2, log_every=1)
+    run_comparison(base, ["tirg"], {"tirg": [0]}, tmp_path)
+    checkpoint = tmp_path / "tirg-seed0" / "model.safetensors"
+    model, meta = load_checkpoint(checkpoint)
+    # as train() leaves it when the evaluation after its save fails: the model and recipe, no recall yet
+    save_checkpoint(model, checkpoint, metrics={"step": 2, "train_seconds": 1.0}, recipe=meta["recipe"])
+    rows = run_comparison(base, ["tirg"], {"tirg": [0]}, tmp_path)
+    assert 0 <= rows[0]["recall@1"] <= 1 and rows[0]["steps/s"] == 2.0

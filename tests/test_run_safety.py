@@ -236,3 +236,28 @@ def test_a_shipped_name_wins_over_the_cache(cache):
     assert "make it" in result.stdout and "cached" not in result.stdout
     (cache / "tiny-made-locally.safetensors").write_bytes(right.read_bytes())
     assert "cached" in invoke("zoo", "list", "tiny-made-locally").stdout
+
+
+def test_a_run_that_failed_before_saving_leaves_its_folder_usable(tmp_path):
+    run_dir = tmp_path / "run"
+    with pytest.raises(ComposeRetrievalError, match="training diverged"):
+        train(tiny_config(optimizer="sgd", lr=1e38, steps=1, run_dir=str(run_dir)), progress=False)
+    assert not list(run_dir.iterdir())  # its config.json and metrics.jsonl are gone with it
+    result = train(tiny_config(steps=2, run_dir=str(run_dir)), progress=False)  # the retry the message suggests
+    assert (run_dir / CHECKPOINT_NAME).exists() and result.metrics["recall@1"] >= 0
+
+
+def test_a_write_never_removes_the_temporary_of_another_file(tmp_path):
+    target = tmp_path / "out"
+    other = tmp_path / ".out.5.999999.abc.tmp"  # a live write of "out.5" would look like this to a loose pattern
+    dead = tmp_path / ".out.999999.abc.tmp"  # a killed write of "out" itself
+    other.write_bytes(b"x")
+    dead.write_bytes(b"x")
+    save_checkpoint(tiny_model("tirg"), target)
+    assert other.exists() and not dead.exists()
+
+
+def test_non_finite_metrics_are_saved_as_null_and_the_checkpoint_loads(tmp_path):
+    path = save_checkpoint(tiny_model("tirg"), tmp_path / "m.safetensors", metrics={"recall@1": float("nan"), "k": [float("inf"), 1.0]})
+    model, meta = load_checkpoint(path)
+    assert meta["metrics"] == {"recall@1": None, "k": [None, 1.0]}
