@@ -108,7 +108,7 @@ def test_an_interrupted_run_is_retrained_but_a_users_folder_is_refused(tmp_path)
 
 
 def test_a_saved_run_whose_evaluation_failed_is_evaluated_when_the_comparison_resumes(tmp_path):
-    from compose_retrieval.checkpoint import load_checkpoint, read_metadata, save_checkpoint
+    from compose_retrieval.checkpoint import load_checkpoint, save_checkpoint
 
     base = tiny_config(steps=2, log_every=1)
     run_comparison(base, ["tirg"], {"tirg": [0]}, tmp_path)

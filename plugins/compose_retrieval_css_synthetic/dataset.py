@@ -8,16 +8,13 @@ import numpy as np
 import torch
 
 from compose_retrieval.data import IMAGENET_MEAN, IMAGENET_STD, TensorImages, Triplets, label_ids
-from compose_retrieval.errors import DatasetError, OptionError
+from compose_retrieval.errors import DatasetError
 from compose_retrieval.interfaces import Dataset, Preprocessing, RetrievalProtocol
 from compose_retrieval.options import Range
 
 from .render import render_2d
 from .render3d import render_3d
 from .scenes import random_modification, random_scene, scene_key
-
-
-STYLES = ("2d", "3d")
 
 
 class Split:
