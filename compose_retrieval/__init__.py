@@ -1,21 +1,18 @@
 """compose-retrieval: composed image retrieval (reference image + modification text -> images).
 
-TIRG and the baselines of its paper are plugins of one engine; see DESIGN.md.
+TIRG and the baselines of its paper are plugins of one engine (docs/architecture.md).
+Everything a plugin or a user needs is importable from here; the names in ``__all__``
+(and in each public module's ``__all__``) are the public API.
 """
 
 from .errors import CheckpointError, ComposeRetrievalError, DatasetError, DuplicateNameError, OptionError, UnknownNameError
 from .hookspecs import hookimpl
-from .interfaces import (
-    Combiner,
-    Dataset,
-    ImageEncoder,
-    ImageFeatures,
-    Loss,
-    Preprocessing,
-    RetrievalProtocol,
-    TextEncoder,
-    TextFeatures,
-)
+from .options import Range
+from .features import ImageFeatures, TextFeatures
+from .components import Combiner, Component, ImageEncoder, Loss, TextEncoder
+from .protocol import RetrievalProtocol
+from .preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+from .datasets import Dataset
 from .registry import (
     create,
     list_combiners,
@@ -33,3 +30,15 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .zoo import list_pretrained, load_pretrained, save_pretrained
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "CheckpointError", "ComposeRetrievalError", "DatasetError", "DuplicateNameError", "OptionError", "UnknownNameError",
+    "hookimpl", "Range",
+    "ImageFeatures", "TextFeatures", "Combiner", "Component", "ImageEncoder", "Loss", "TextEncoder",
+    "RetrievalProtocol", "IMAGENET_MEAN", "IMAGENET_STD", "Preprocessing", "Dataset",
+    "create", "list_combiners", "list_components", "list_datasets", "list_image_encoders", "list_losses",
+    "list_text_encoders", "register_plugin", "reload_plugins", "unregister_plugin",
+    "ComponentSpec", "ComposedRetrievalModel", "ModelSpec", "build_model",
+    "load_checkpoint", "save_checkpoint", "list_pretrained", "load_pretrained", "save_pretrained",
+    "__version__",
+]

@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 
 from . import registry
 from .errors import CheckpointError, UnknownNameError
-from .interfaces import Preprocessing
+from .preprocessing import Preprocessing
 from .model import ComposedRetrievalModel, ModelSpec, build_model
 
 FORMAT_VERSION = 2  # 2: the metadata holds a sha256 of the tensor data ("tensor_sha256"), checked on load

@@ -12,10 +12,8 @@ import torch
 from torch import Tensor
 
 from .errors import DatasetError
-from .interfaces import Preprocessing
+from .preprocessing import Preprocessing
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class TensorImages(torch.utils.data.Dataset):

@@ -13,7 +13,7 @@ from torch import Tensor
 from . import registry
 from .checkpoint import load_checkpoint
 from .errors import CheckpointError, OptionError
-from .interfaces import RetrievalProtocol
+from .protocol import RetrievalProtocol
 from .model import ComposedRetrievalModel
 from .options import Range, check_value
 

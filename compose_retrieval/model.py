@@ -13,7 +13,9 @@ from torch import Tensor, nn
 
 from . import registry
 from .errors import ComposeRetrievalError, OptionError
-from .interfaces import Combiner, ImageEncoder, ImageFeatures, Preprocessing, TextEncoder, TextFeatures
+from .components import Combiner, ImageEncoder, TextEncoder
+from .features import ImageFeatures, TextFeatures
+from .preprocessing import Preprocessing
 from .options import Range, check_value
 
 

@@ -13,13 +13,13 @@ import fnmatch
 import importlib.metadata
 import inspect
 import warnings
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import pluggy
 
 from . import hookspecs
 from .errors import ComposeRetrievalError, DuplicateNameError, OptionError, UnknownNameError
-from .interfaces import Registered
 from .options import annotations_of, check_value
 
 # kind -> hook name. The kind is what errors and `compose-retrieval list` call it.
@@ -32,6 +32,17 @@ KINDS: dict[str, str] = {
     "pretrained": "register_pretrained",
 }
 ENTRY_POINT_GROUP = hookspecs.PROJECT
+
+
+@dataclass
+class Registered:
+    """One registry entry."""
+
+    name: str
+    factory: Any
+    plugin: str
+    description: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
 
 _pm: pluggy.PluginManager | None = None
 _tables: dict[str, dict[str, Registered]] = {}

@@ -36,7 +36,7 @@ import torch
 from . import registry
 from .checkpoint import load_checkpoint, save_checkpoint
 from .errors import CheckpointError, UnknownNameError
-from .interfaces import Preprocessing
+from .preprocessing import Preprocessing
 from .model import ComposedRetrievalModel
 
 CACHE_ENV = "COMPOSE_RETRIEVAL_CACHE"

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import compose_retrieval
-from compose_retrieval.interfaces import ImageFeatures, TextFeatures
+from compose_retrieval.features import ImageFeatures, TextFeatures
 
 from conftest import SAMPLE_TEXTS, tiny_model
 

@@ -8,7 +8,7 @@ from torch import nn
 
 from compose_retrieval import DatasetError
 from compose_retrieval.evaluation import evaluate, recall_at_k, top_k
-from compose_retrieval.interfaces import RetrievalProtocol
+from compose_retrieval.protocol import RetrievalProtocol
 
 
 def _reference_ranking(queries, gallery, exclude, k):

@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 import compose_retrieval
 from compose_retrieval import CheckpointError, hookimpl, load_checkpoint, save_checkpoint
 from compose_retrieval.checkpoint import tensors_sha256
-from compose_retrieval.interfaces import Preprocessing
+from compose_retrieval.preprocessing import Preprocessing
 from compose_retrieval_combiners.concat import Concat
 
 from conftest import TINY_DATASET, invoke, tiny_model, tiny_spec

@@ -8,7 +8,7 @@ import pytest
 
 import compose_retrieval
 from compose_retrieval import ComposeRetrievalError, DuplicateNameError, UnknownNameError, hookimpl, registry
-from compose_retrieval.interfaces import Combiner
+from compose_retrieval.components import Combiner
 
 from conftest import BUILTIN_COMBINERS, plugin_paths, tiny_spec, write_dist_info
 

@@ -5,7 +5,7 @@ from typing import Annotated
 import torch
 from torch import Tensor, nn
 
-from compose_retrieval.interfaces import Combiner, ImageFeatures, TextFeatures
+from compose_retrieval import Combiner, ImageFeatures, TextFeatures
 from compose_retrieval.options import Range
 
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from compose_retrieval.interfaces import Combiner, ImageFeatures, TextFeatures
+from compose_retrieval import Combiner, ImageFeatures, TextFeatures
 
 
 class ImageOnly(Combiner):

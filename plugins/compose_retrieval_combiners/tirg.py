@@ -4,7 +4,7 @@ import torch
 from torch import Tensor, nn
 
 from compose_retrieval.errors import OptionError
-from compose_retrieval.interfaces import Combiner, ImageFeatures, TextFeatures
+from compose_retrieval import Combiner, ImageFeatures, TextFeatures
 
 
 class TIRG(Combiner):

@@ -8,11 +8,10 @@ from typing import Annotated, Any
 import numpy as np
 import torch
 
-from compose_retrieval.data import (
-    IMAGENET_MEAN, IMAGENET_STD, PASSES, ImageFiles, SampledPairs, TensorImages, label_ids, read_image, readable_images, warn_skipped,
-)
+from compose_retrieval.data import PASSES, ImageFiles, SampledPairs, TensorImages, label_ids, read_image, readable_images, warn_skipped
+from compose_retrieval import IMAGENET_MEAN, IMAGENET_STD
 from compose_retrieval.errors import DatasetError
-from compose_retrieval.interfaces import Dataset, Preprocessing, RetrievalProtocol
+from compose_retrieval import Dataset, Preprocessing, RetrievalProtocol
 from compose_retrieval.options import Range
 
 from .cssfiles import DATA_FILE, LAYOUT, check_split, image_path, read_data_file

@@ -7,9 +7,10 @@ from functools import cached_property
 import numpy as np
 import torch
 
-from compose_retrieval.data import IMAGENET_MEAN, IMAGENET_STD, TensorImages, Triplets, label_ids
+from compose_retrieval.data import TensorImages, Triplets, label_ids
+from compose_retrieval import IMAGENET_MEAN, IMAGENET_STD
 from compose_retrieval.errors import DatasetError
-from compose_retrieval.interfaces import Dataset, Preprocessing, RetrievalProtocol
+from compose_retrieval import Dataset, Preprocessing, RetrievalProtocol
 from compose_retrieval.options import Range
 
 from .render import render_2d

@@ -10,11 +10,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from compose_retrieval.data import (
-    IMAGENET_MEAN, IMAGENET_STD, PASSES, ImageFiles, SampledPairs, label_ids, readable_images, warn_skipped,
-)
+from compose_retrieval.data import PASSES, ImageFiles, SampledPairs, label_ids, readable_images, warn_skipped
+from compose_retrieval import IMAGENET_MEAN, IMAGENET_STD
 from compose_retrieval.errors import DatasetError
-from compose_retrieval.interfaces import Dataset, Preprocessing, RetrievalProtocol
+from compose_retrieval import Dataset, Preprocessing, RetrievalProtocol
 from compose_retrieval.options import Range
 
 LAYOUT = (

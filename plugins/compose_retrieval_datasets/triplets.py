@@ -11,11 +11,10 @@ from pathlib import Path
 
 import torch
 
-from compose_retrieval.data import (
-    IMAGE_SUFFIXES, IMAGENET_MEAN, IMAGENET_STD, ImageFiles, Triplets, label_ids, readable_images, warn_skipped,
-)
+from compose_retrieval.data import IMAGE_SUFFIXES, ImageFiles, Triplets, label_ids, readable_images, warn_skipped
+from compose_retrieval import IMAGENET_MEAN, IMAGENET_STD
 from compose_retrieval.errors import DatasetError
-from compose_retrieval.interfaces import Dataset, Preprocessing, RetrievalProtocol
+from compose_retrieval import Dataset, Preprocessing, RetrievalProtocol
 from compose_retrieval.options import Range
 
 LAYOUT = (

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from compose_retrieval.errors import OptionError
-from compose_retrieval.interfaces import Loss
+from compose_retrieval import Loss
 
 from .similarity import check_similarity, similarity_matrix
 

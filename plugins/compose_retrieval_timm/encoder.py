@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from compose_retrieval.errors import OptionError, UnknownNameError
-from compose_retrieval.interfaces import ImageEncoder
+from compose_retrieval import ImageEncoder
 
 
 # timm.create_model arguments whose names say they read files or fetch configurations or weights

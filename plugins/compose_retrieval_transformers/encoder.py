@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from compose_retrieval.errors import ComposeRetrievalError, OptionError
-from compose_retrieval.interfaces import TextEncoder, TextFeatures
+from compose_retrieval import TextEncoder, TextFeatures
 from compose_retrieval.options import Range
 
 POOLINGS = ("mean", "cls")
