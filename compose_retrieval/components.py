@@ -61,6 +61,8 @@ class ImageEncoder(Component):
 
     out_dim: int
     map_channels: int
+    main_option: ClassVar[str | None] = None
+    """The option that names the architecture (timm's ``model_name``): what ``--backbone`` sets."""
 
     def features(self, images: Tensor) -> Tensor:
         raise NotImplementedError

@@ -160,64 +160,6 @@ class SampledPairs(torch.utils.data.Dataset):
         return {"source": self.source_images[source], "text": text, "target": self.images[target]}
 
 
-class SameSourceBatches(torch.utils.data.Dataset):
-    """Training batches in which every source comes with ``per_source`` different texts.
-
-    google/tirg's CSS and MIT-States loaders make every second item reuse the previous
-    item's source with another modification, and a batch is filled by consecutive
-    items: each batch holds B/2 sources, each with two texts and two targets. A query's
-    negatives then include the other edit of its own image, so the text must decide
-    between two targets of one source. This dataset makes that composition a choice
-    for any training set that lists a source's modifications (``mods_of``): item ``b``
-    is a whole batch (a dict of stacked "source" and "target" images and a list of
-    "text"), drawn from a numpy Generator seeded by (``seed``, ``b``), so it is the same
-    batch in any process and with any number of DataLoader workers. For each group the
-    first pair is the training set's own draw (``triplet`` of a random item, keeping the
-    dataset's weighting of sources); the others take other texts of the same source,
-    without repeats, each with one of its targets. A source with too few texts is drawn
-    again. An epoch holds as many pairs as the training set (``len(train_set) // B`` batches),
-    and batch ``b`` is the same in every epoch: over a training set of fixed triplets
-    (``Triplets``) a run longer than one epoch meets its batches again in a new order
-    (css-synthetic's 1,200 default steps pass 3.2 times over its 375 batches), while a
-    ``SampledPairs`` set holds ``PASSES`` draws per source and rarely repeats one.
-    """
-
-    def __init__(self, train_set, batch_size: int, per_source: int, seed: int = 0, *, tries: int = 1000):
-        if per_source < 1 or batch_size % per_source:
-            raise DatasetError(f"a batch of {batch_size} cannot hold groups of {per_source} pairs of one source; "
-                               "choose --mods-per-source dividing --batch-size")
-        self.train_set, self.batch_size, self.per_source, self.seed, self.tries = train_set, batch_size, per_source, seed, tries
-        self.triplets(0)  # a composition the data cannot give fails here, in the main process, as one line
-
-    def __len__(self) -> int:
-        return len(self.train_set) // self.batch_size
-
-    def group(self, rng: np.random.Generator) -> list[tuple[int, str, int]]:
-        """One source with ``per_source`` different texts: (source, text, target) each."""
-        for _ in range(self.tries):
-            source, text, target = self.train_set.triplet(int(rng.integers(len(self.train_set))))
-            mods = self.train_set.mods_of(source)
-            others = [t for t in mods if t != text]
-            if len(others) >= self.per_source - 1:
-                chosen = [others[i] for i in rng.choice(len(others), self.per_source - 1, replace=False)]
-                return [(source, text, target)] + [(source, t, mods[t][rng.integers(len(mods[t]))]) for t in chosen]
-        raise DatasetError(f"no source of the training set met in {self.tries} draws has {self.per_source} different "
-                           f"texts; lower --mods-per-source")
-
-    def triplets(self, index: int) -> list[tuple[int, str, int]]:
-        """The (source, text, target) of batch ``index``, without loading images."""
-        rng = np.random.default_rng((self.seed, index))
-        return [item for _ in range(self.batch_size // self.per_source) for item in self.group(rng)]
-
-    def __getitem__(self, index: int) -> dict:
-        items = self.triplets(index)
-        return {
-            "source": torch.stack([self.train_set.source_images[s] for s, _, _ in items]),
-            "text": [text for _, text, _ in items],
-            "target": torch.stack([self.train_set.images[t] for _, _, t in items]),
-        }
-
-
 PASSES = 64
 """Draws per source (or per image) in one epoch of a SampledPairs: enough that a run rarely meets a draw twice."""
 

@@ -22,7 +22,7 @@ class Dataset:
     trains from flat drawings to renders); ``train_texts()`` lists
     every training text (for fitting a vocabulary); ``protocols()`` names the test
     protocols and ``protocol(name)`` builds one. ``default_loss`` is the loss the
-    paper used on it. ``mods_per_source`` is how many different texts of one source a
+    paper used on it (None: the recipe's). ``mods_per_source`` is how many different texts of one source a
     training batch holds by default (1: pairs drawn independently; 2: google/tirg's CSS
     and MIT-States batches); above 1 the training set must list a source's
     modifications (``mods_of(source) -> {text: [targets]}``, as ``Triplets`` and
@@ -30,7 +30,9 @@ class Dataset:
     """
 
     description: ClassVar[str] = ""
-    default_loss: ClassVar[str] = "soft_triplet"
+    default_loss: ClassVar[str | None] = None
+    skipped_images: int = 0
+    """How many unreadable images the dataset skipped (``skip_unreadable``); a run records it in its metrics."""
     mods_per_source: ClassVar[int] = 1
     preprocessing: Preprocessing
 

@@ -117,7 +117,7 @@ def evaluate_checkpoint(
     that recorded a data root needs it given again (the error says which it was).
     """
     from .checkpoint import check_loaded_options
-    from .training import resolve_device
+    from .devices import resolve_device
     from .zoo import resolve
 
     device = resolve_device(device)

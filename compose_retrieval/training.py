@@ -20,7 +20,8 @@ import torch
 
 from . import registry
 from .checkpoint import atomic_write, save_checkpoint
-from .data import SameSourceBatches
+from .batching import endless, training_loader
+from .devices import resolve_device, seed_everything
 from .errors import ComposeRetrievalError, DatasetError, OptionError, UnknownNameError
 from .evaluation import evaluate
 from .model import ComponentSpec, ComposedRetrievalModel, ModelSpec, build_model
@@ -173,26 +174,6 @@ def recipe_backbone(recipe: str, pretrained: bool = False, model_name: str | Non
     return options
 
 
-def resolve_device(name: str = "auto") -> torch.device:
-    """"auto" (CUDA when present, else the CPU) or a torch device name that exists on this machine."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError):
-        raise OptionError(f"unknown device {str(name)[:60]!r}; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise OptionError(f"--device {name}: torch sees no CUDA GPU on this machine; use --device cpu (or auto)")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise OptionError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA GPU(s), numbered from 0")
-    elif device.type == "mps" and not torch.backends.mps.is_available():
-        raise OptionError(f"--device {name}: the MPS backend is not available here; use --device cpu (or auto)")
-    elif device.type not in ("cpu", "cuda", "mps"):
-        raise OptionError(f"--device {name}: compose-retrieval runs on cpu, cuda or mps")
-    return device
-
-
 def new_run_dir(parent: str | os.PathLike, name: str) -> Path:
     """A new, empty folder ``parent/name-YYYYmmdd-HHMMSS`` (with -2, -3, ... when runs start in the same second)."""
     base = Path(parent) / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -221,12 +202,6 @@ def claim_run_dir(run_dir: Path, config: "TrainConfig") -> None:
         atomic_write(run_dir / "config.json", lambda tmp: Path(tmp).write_text(json.dumps(config.to_dict(), indent=2)), exclusive=True)
     except FileExistsError:
         raise ComposeRetrievalError(f"run directory {run_dir} was just taken by another run; choose a new --run-dir") from None
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def recipe_of(config: TrainConfig) -> dict[str, Any]:
@@ -269,38 +244,6 @@ def _set_lr(optimizer: torch.optim.Optimizer, config: TrainConfig, step: int) ->
     for g in optimizer.param_groups:
         g["lr"] = lr * g["lr_scale"]
     return lr
-
-
-def _train_set(dataset, seed: int, protocol: str | None) -> torch.utils.data.Dataset:
-    """``dataset.train_set(seed=..., protocol=...)``, passing only what a plugin's signature takes (older ones take neither)."""
-    accepted = inspect.signature(dataset.train_set).parameters
-    return dataset.train_set(**{k: v for k, v in (("seed", seed), ("protocol", protocol)) if k in accepted})
-
-
-def training_loader(train_set: torch.utils.data.Dataset, config: TrainConfig, device: torch.device) -> torch.utils.data.DataLoader:
-    """The batches of a run: shuffled pairs, or with ``config.mods_per_source`` > 1 batches in which every source
-    comes with that many different texts (SameSourceBatches); the same batches with any number of workers."""
-    common = dict(num_workers=config.num_workers, persistent_workers=config.num_workers > 0,
-                  pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(config.seed))
-    if (config.mods_per_source or 1) > 1:
-        batches = SameSourceBatches(train_set, config.batch_size, config.mods_per_source, config.seed)
-        loader = torch.utils.data.DataLoader(batches, batch_size=None, shuffle=True, **common)
-    else:
-        loader = torch.utils.data.DataLoader(train_set, batch_size=config.batch_size, shuffle=True, drop_last=True, **common)
-    if len(loader) == 0:
-        raise ComposeRetrievalError(
-            f"dataset {config.dataset!r} has fewer training pairs than one batch of {config.batch_size}; lower --batch-size"
-        )
-    return loader
-
-
-def _endless(loader):
-    while True:
-        try:
-            yield from loader
-        except DatasetError as exc:
-            # raised in a DataLoader worker, it arrives with the worker's traceback in its message: keep the last line
-            raise DatasetError(str(exc).strip().splitlines()[-1].split("DatasetError: ", 1)[-1]) from None
 
 
 class MetricsLog:
@@ -346,7 +289,7 @@ def _train(config: TrainConfig, run_dir: Path | None, progress: bool, on_log) ->
     device = resolve_device(config.device)
 
     dataset = registry.create("dataset", config.dataset, data_root=config.data_root, **config.dataset_options)
-    loss_name = config.loss or dataset.default_loss
+    loss_name = config.loss or dataset.default_loss or "soft_triplet"  # TODO recipe
     config = replace(config, loss=loss_name, mods_per_source=config.mods_per_source or getattr(dataset, "mods_per_source", 1))
     if config.init_from:
         from .checkpoint import load_checkpoint
@@ -366,7 +309,7 @@ def _train(config: TrainConfig, run_dir: Path | None, progress: bool, on_log) ->
     model.place(device).train()
     optimizer = make_optimizer(model, config)
 
-    loader = training_loader(_train_set(dataset, config.seed, protocol.name), config, device)
+    loader = training_loader(dataset.train_set(seed=config.seed, protocol=protocol.name), config, device)
     log = MetricsLog(run_dir)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=config.amp and device.type == "cuda")
 
@@ -375,7 +318,7 @@ def _train(config: TrainConfig, run_dir: Path | None, progress: bool, on_log) ->
     started = time.perf_counter()
     running = 0.0
     with TrainingProgress(config.steps, enabled=progress) as bar:
-        batches = _endless(loader)
+        batches = endless(loader)
         for step in range(config.steps):
             batch = next(batches)
             lr = _set_lr(optimizer, config, step)

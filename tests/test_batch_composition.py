@@ -11,8 +11,10 @@ import torch
 import compose_retrieval
 from compose_retrieval import DatasetError, OptionError
 from compose_retrieval.checkpoint import read_metadata
-from compose_retrieval.data import SameSourceBatches, Triplets
-from compose_retrieval.training import CHECKPOINT_NAME, train, training_loader
+from compose_retrieval.batching import SameSourceBatches
+from compose_retrieval.data import Triplets
+from compose_retrieval.batching import training_loader
+from compose_retrieval.training import CHECKPOINT_NAME, train
 from compose_retrieval_css_synthetic.cssfiles import write_css
 
 from conftest import TINY_DATASET, tiny_config

@@ -135,25 +135,6 @@ def test_init_from_starts_from_a_checkpoint(tiny_run, tmp_path):
     assert saved["init_from"] == str(run_dir) and saved["model"]["combiner"]["name"] == "tirg"
 
 
-def test_a_dataset_plugin_without_the_seed_argument_still_trains():
-    from compose_retrieval.training import _train_set
-
-    class Old:
-        def train_set(self):
-            return "pairs"
-
-    class Seeded:
-        def train_set(self, seed=0):
-            return seed
-
-    class New:
-        def train_set(self, seed=0, protocol=None):
-            return seed, protocol
-
-    assert _train_set(Old(), 7, "3d") == "pairs" and _train_set(Seeded(), 7, "3d") == 7
-    assert _train_set(New(), 7, "3d") == (7, "3d")
-
-
 def test_the_paper_recipe_initialises_resnet_as_torchvision_does():
     """google/tirg's ResNet-18 (torchvision) starts the last BatchNorm of each residual block at 1; timm's at 0."""
     from compose_retrieval.training import recipe_backbone

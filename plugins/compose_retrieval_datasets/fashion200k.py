@@ -146,7 +146,7 @@ class Fashion200k(Dataset):
                     mods.setdefault(different_words(caption, sibling)[2], []).extend(self.caption_images[sibling])
         return mods
 
-    def train_set(self, seed: int = 0) -> SampledPairs:
+    def train_set(self, seed: int = 0, protocol: str | None = None) -> SampledPairs:
         train = self.images["train"]
         images = ImageFiles([self.root / p for p, _ in train], self.preprocessing)
         return SampledPairs(images, len(self.sources) * PASSES, self.draw, seed=seed, what="fashion200k", mods_of=self.mods_of)

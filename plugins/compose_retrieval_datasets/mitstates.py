@@ -93,7 +93,7 @@ class MITStates(Dataset):
         _, adjective, noun = self.images["train"][source]
         return {a: ids for a, ids in self.adjectives["train"][noun].items() if a != adjective}
 
-    def train_set(self, seed: int = 0) -> SampledPairs:
+    def train_set(self, seed: int = 0, protocol: str | None = None) -> SampledPairs:
         train = self.images["train"]
         images = ImageFiles([p for p, _, _ in train], self.preprocessing)
         return SampledPairs(images, len(self.sources) * PASSES, self.draw, seed=seed, what="mitstates", mods_of=self.mods_of)

@@ -172,7 +172,7 @@ class UserTriplets(Dataset):
             if row["target"] not in index:
                 raise DatasetError(f"triplets: query {i + 1}'s target {row['target']} is not in the gallery; add it there")
 
-    def train_set(self, seed: int = 0) -> Triplets:
+    def train_set(self, seed: int = 0, protocol: str | None = None) -> Triplets:
         images = sorted({p for r in self.train_rows for p in (r["source"], r["target"])})
         index = {p: i for i, p in enumerate(images)}
         return Triplets(

@@ -22,6 +22,8 @@ class TimmImageEncoder(ImageEncoder):
     backbone's patch tokens are reshaped into a map, so map-editing combiners work on it too.
     """
 
+    main_option = "model_name"
+
     def __init__(
         self, out_dim: int = 512, model_name: str = "resnet18", pretrained: bool = False, model_kwargs: dict | None = None
     ):
