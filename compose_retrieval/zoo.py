@@ -9,8 +9,10 @@ and in the entries plugins register (``register_pretrained``), then finds the fi
 3. a name already in the cache directory (``cache_dir`` argument, else the environment
    variable COMPOSE_RETRIEVAL_CACHE, else ~/.cache/compose-retrieval) is used from there
    once it matches the sha256 its entry records (a file that does not is an error);
-4. otherwise it is downloaded from the entry's URL (or Hugging Face Hub id), checked
-   against its sha256 and moved into the cache whole. With ``offline=True`` (or
+4. otherwise it is downloaded (torch.hub.download_url_to_file) from the entry's URL, or
+   from the Hugging Face Hub's public address of its ``hf_hub_id`` (no huggingface_hub
+   needed; HF_ENDPOINT picks a mirror), checked against its sha256 and moved into the
+   cache whole. With ``offline=True`` (or
    COMPOSE_RETRIEVAL_OFFLINE=1 or HF_HUB_OFFLINE=1) a missing file is an error that
    says how to get it, never a hang.
 
@@ -19,25 +21,32 @@ Only safetensors files are read: nothing is unpickled.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import fnmatch
 import hashlib
 import json
 import os
+import socket
+import sys
 import tempfile
-import urllib.error
-import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.hub
 
 from . import registry
 from .checkpoint import load_checkpoint, save_checkpoint
 from .errors import CheckpointError, UnknownNameError
 from .preprocessing import Preprocessing
 from .model import ComposedRetrievalModel
+
+__all__ = [
+    "CACHE_ENV", "OFFLINE_ENV", "SUFFIX", "PretrainedEntry", "zoo_dir", "list_pretrained", "pretrained_info", "cache_dir",
+    "is_offline", "resolve", "load_pretrained", "save_pretrained", "export_pretrained", "sha256_of", "entry_dict",
+]
 
 CACHE_ENV = "COMPOSE_RETRIEVAL_CACHE"
 OFFLINE_ENV = "COMPOSE_RETRIEVAL_OFFLINE"
@@ -146,49 +155,63 @@ def resolve(name_or_path: str | os.PathLike, *, cache: str | os.PathLike | None 
         how = f" or run: {entry.command}" if entry.command else ""
         raise CheckpointError(
             f"{entry.name!r} is not cached and downloads are off (offline); put the file at {cached}: "
-            f"download {entry.url or 'hf://' + entry.hf_hub_id}{how}"
+            f"download {_source_url(entry)}{how}"
         )
     return _download(entry, cached)
 
 
+def _source_url(entry: PretrainedEntry) -> str:
+    """The URL to fetch: ``url``, else the Hub's public address of ``hf_hub_id`` ("owner/repo/path/in/repo")."""
+    if entry.url:
+        return entry.url
+    parts = entry.hf_hub_id.split("/", 2)
+    if len(parts) != 3 or not all(parts):
+        raise CheckpointError(
+            f"{entry.name!r} has hf_hub_id {entry.hf_hub_id[:100]!r} ({entry.source}); it must be owner/repo/path/in/repo"
+        )
+    owner, repo, filename = parts
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+    return f"{endpoint}/{owner}/{repo}/resolve/main/{filename}"
+
+
+@contextlib.contextmanager
+def _socket_timeout(seconds: float):
+    """torch.hub opens the URL without a timeout: give sockets one meanwhile, so a stalled server is an error, not a hang
+    (only when none is set; process-wide while the download runs, as socket offers nothing narrower)."""
+    if socket.getdefaulttimeout() is not None:
+        yield
+        return
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(None)
+
+
 def _download(entry: PretrainedEntry, destination: Path) -> Path:
-    """Fetch into a temporary file, check the sha256, then move into place: the cache holds whole, checked files only."""
+    """Fetch with torch.hub into a hidden file beside ``destination``, check the sha256, then move it into place:
+    the cache holds whole, checked files only, never a file under its final name before the check."""
+    url = _source_url(entry)
     destination.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".part", dir=destination.parent)
-    digest = hashlib.sha256()
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as out:
-            if entry.url:
-                try:
-                    with urllib.request.urlopen(entry.url, timeout=60) as response:
-                        while chunk := response.read(1 << 20):
-                            digest.update(chunk)
-                            out.write(chunk)
-                except (urllib.error.URLError, OSError) as exc:
-                    raise CheckpointError(f"cannot download {entry.name!r} from {entry.url}: {exc}") from None
-            else:
-                with open(_hub_download(entry), "rb") as f:
-                    while chunk := f.read(1 << 20):
-                        digest.update(chunk)
-                        out.write(chunk)
-        if entry.sha256 and digest.hexdigest() != entry.sha256.lower():
+        try:
+            with _socket_timeout(60):
+                torch.hub.download_url_to_file(url, tmp, progress=sys.stderr.isatty())
+        except (OSError, ValueError) as exc:  # URLError and HTTPError are OSErrors; ValueError: not a URL
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise CheckpointError(f"cannot download {entry.name!r} from {url}: {reason}") from None
+        digest = sha256_of(tmp)
+        if entry.sha256 and digest != entry.sha256.lower():
             raise CheckpointError(
-                f"the download of {entry.name!r} has sha256 {digest.hexdigest()}, not the {entry.sha256} its "
+                f"the download of {entry.name!r} has sha256 {digest}, not the {entry.sha256} its "
                 f"entry ({entry.source}) records; the file was discarded"
             )
         os.replace(tmp, destination)
     finally:
         Path(tmp).unlink(missing_ok=True)
     return destination
-
-
-def _hub_download(entry: PretrainedEntry) -> str:
-    try:
-        from huggingface_hub import hf_hub_download
-    except ImportError:
-        raise CheckpointError(f"{entry.name!r} lives on the Hugging Face Hub: pip install huggingface_hub") from None
-    owner, repo, filename = entry.hf_hub_id.split("/", 2)
-    return hf_hub_download(f"{owner}/{repo}", filename)
 
 
 def load_pretrained(

@@ -85,7 +85,7 @@ def test_download_is_checked_cached_and_reused(served):
         assert torch.equal(loaded.compose(images, TEXTS[:2]), model.compose(images, TEXTS[:2]))
     compose_retrieval.load_pretrained("tiny-served", cache_dir=cache)
     assert server.requests == 1  # the second call is a cache hit
-    assert not list(cache.glob(".*.part"))
+    assert [p.name for p in cache.iterdir()] == ["tiny-served.safetensors"]  # no temporary left behind
 
 
 def test_a_tampered_download_is_refused_and_not_kept(served):
@@ -93,6 +93,63 @@ def test_a_tampered_download_is_refused_and_not_kept(served):
     with pytest.raises(CheckpointError, match=r"sha256 [0-9a-f]{64}, not the 0{64}.*discarded"):
         compose_retrieval.load_pretrained("tiny-tampered", cache_dir=cache)
     assert server.requests == 1 and not any(cache.iterdir())
+
+
+@pytest.fixture
+def file_zoo(tmp_path, clean_registry, monkeypatch):
+    """A tiny checkpoint reachable by file:// URLs: as a plain URL and as a Hugging Face id under HF_ENDPOINT."""
+    hub = tmp_path / "hub"
+    folder = hub / "owner" / "repo" / "resolve" / "main" / "sub"
+    folder.mkdir(parents=True)
+    path = compose_retrieval.save_pretrained(tiny_model("concat").eval(), folder / "tiny.safetensors")
+    monkeypatch.setenv("HF_ENDPOINT", hub.as_uri())
+    digest = sha256_of(path)
+
+    class ZooPlugin:
+        @hookimpl
+        def register_pretrained(self, register):
+            register("tiny-file", {"url": path.as_uri(), "sha256": digest})
+            register("tiny-hub", {"hf_hub_id": "owner/repo/sub/tiny.safetensors", "sha256": digest})
+            register("tiny-absent", {"url": (tmp_path / "absent.safetensors").as_uri(), "sha256": digest})
+            register("tiny-bad-id", {"hf_hub_id": "no-repo", "sha256": digest})
+
+    compose_retrieval.register_plugin(ZooPlugin(), "test-file-zoo")
+    return path, tmp_path / "cache"
+
+
+@pytest.mark.parametrize("name", ["tiny-file", "tiny-hub"])
+def test_file_urls_and_hub_ids_download_the_same_bytes(file_zoo, name):
+    """torch.hub fetches file:// as http://; a Hub id is its public address (no huggingface_hub), here under HF_ENDPOINT."""
+    original, cache = file_zoo
+    assert resolve(name, cache=cache) == cache / f"{name}.safetensors"
+    assert (cache / f"{name}.safetensors").read_bytes() == original.read_bytes()
+    assert [p.name for p in cache.iterdir()] == [f"{name}.safetensors"]  # no temporary left behind
+
+
+def test_the_final_name_appears_only_once_checked(file_zoo, monkeypatch):
+    from compose_retrieval import zoo
+
+    _, cache = file_zoo
+    seen = []
+
+    def spy(path):
+        seen.append((Path(path).name, (cache / "tiny-file.safetensors").exists()))
+        return sha256_of(path)
+
+    monkeypatch.setattr(zoo, "sha256_of", spy)
+    resolve("tiny-file", cache=cache)
+    assert len(seen) == 1 and seen[0][0].startswith(".tiny-file.safetensors.") and seen[0][1] is False
+    assert (cache / "tiny-file.safetensors").is_file()
+
+
+def test_a_failed_download_is_one_line_and_leaves_nothing(file_zoo):
+    _, cache = file_zoo
+    with pytest.raises(CheckpointError, match=r"cannot download 'tiny-absent' from file://.*absent\.safetensors: ") as info:
+        resolve("tiny-absent", cache=cache)
+    assert "\n" not in str(info.value) and not any(cache.iterdir())
+    with pytest.raises(CheckpointError, match="hf_hub_id 'no-repo'.*must be owner/repo/path/in/repo") as info:
+        resolve("tiny-bad-id", cache=cache)
+    assert "\n" not in str(info.value)
 
 
 def test_offline_a_missing_file_says_how_to_get_it(served, monkeypatch):
