@@ -144,3 +144,91 @@ def test_protocol_validates_lengths():
     with pytest.raises(DatasetError, match="differ in length"):
         RetrievalProtocol("bad", images, images, protocol.query_sources[:-1], protocol.query_texts,
                           protocol.query_exclude, protocol.gallery_labels, protocol.query_labels)
+
+
+# ------------------------------------------------ batching through a DataLoader: same batches, same numbers
+
+
+class JpegImages(torch.utils.data.Dataset):
+    """Images decoded from JPEG files when indexed, as the real-image datasets read theirs."""
+
+    def __init__(self, paths, preprocessing):
+        self.paths, self.preprocessing = paths, preprocessing
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        from compose_retrieval.data import read_image
+
+        return self.preprocessing(read_image(self.paths[i]))
+
+
+def _reference_batches(dataset, indices, batch_size):
+    """The batching evaluation did before the DataLoader: one image after another in this process."""
+    for start in range(0, len(indices), batch_size):
+        yield start, torch.stack([dataset[i] for i in indices[start : start + batch_size].tolist()])
+
+
+@pytest.fixture(scope="module")
+def jpeg_protocol(tmp_path_factory):
+    from PIL import Image
+
+    from compose_retrieval import Preprocessing
+    from conftest import SAMPLE_TEXTS
+
+    folder = tmp_path_factory.mktemp("jpegs")
+    gen = torch.Generator().manual_seed(0)
+    paths = []
+    for i in range(11):
+        paths.append(folder / f"{i}.jpg")
+        Image.fromarray(torch.randint(0, 256, (40, 48, 3), dtype=torch.uint8, generator=gen).numpy()).save(paths[-1])
+    images = JpegImages(paths, Preprocessing(32, (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)))
+    sources = torch.tensor([3, 0, 7, 7, 10, 1, 5, 2, 9])
+    labels = torch.arange(11)
+    return RetrievalProtocol(
+        name="jpeg", gallery=images, query_images=images, query_sources=sources,
+        query_texts=[SAMPLE_TEXTS[i % len(SAMPLE_TEXTS)] for i in range(len(sources))],
+        query_exclude=sources.clone(), gallery_labels={"label": labels}, query_labels={"label": (sources + 1) % 11},
+    )
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_the_dataloader_gives_what_one_by_one_decoding_gave(jpeg_protocol, num_workers):
+    from compose_retrieval.evaluation import compose_queries, embed_gallery
+    from conftest import tiny_model
+
+    model = tiny_model("tirg").eval()
+    protocol = jpeg_protocol
+    as_before = lambda images: images.contiguous(memory_format=torch.channels_last)  # noqa: E731 (as the old code fed them)
+    with torch.no_grad():
+        gallery = torch.cat([nn.functional.normalize(model.embed_images(as_before(images)).float(), dim=-1)
+                             for _, images in _reference_batches(protocol.gallery, torch.arange(11), 4)])
+        queries = torch.cat([
+            nn.functional.normalize(model.compose(as_before(images), protocol.query_texts[start : start + len(images)]).float(), dim=-1)
+            for start, images in _reference_batches(protocol.query_images, protocol.query_sources, 4)])
+    assert torch.equal(embed_gallery(model, protocol.gallery, 4, "cpu", num_workers), gallery)
+    assert torch.equal(compose_queries(model, protocol, 4, "cpu", num_workers), queries)
+    metrics = evaluate(model, protocol, batch_size=4, device="cpu", num_workers=num_workers)
+    assert metrics == evaluate(model, protocol, batch_size=4, device="cpu")
+
+
+def test_a_negative_number_of_workers_is_refused_in_one_line():
+    protocol, images = _protocol()
+    with pytest.raises(Exception, match="num_workers=-1 must be") as info:
+        evaluate(LookupModel(images, "oracle"), protocol, num_workers=-1)
+    assert "\n" not in str(info.value)
+
+
+def test_evaluate_checkpoint_hands_num_workers_to_evaluate(tmp_path, monkeypatch):
+    import compose_retrieval
+    from compose_retrieval import evaluation
+    from conftest import TINY_DATASET, tiny_model
+
+    path = compose_retrieval.save_pretrained(
+        tiny_model("concat").eval(), tmp_path / "tiny.safetensors",
+        recipe={"dataset": "css-synthetic", "dataset_options": dict(TINY_DATASET)})
+    seen = []
+    monkeypatch.setattr(evaluation, "evaluate", lambda model, protocol, **options: seen.append(options) or {})
+    evaluation.evaluate_checkpoint(path, device="cpu", batch_size=8, num_workers=3)
+    assert len(seen) == 1 and seen[0]["num_workers"] == 3 and seen[0]["batch_size"] == 8
