@@ -12,7 +12,8 @@ from .features import ImageFeatures, TextFeatures
 from .components import Combiner, Component, ImageEncoder, Loss, TextEncoder
 from .protocol import RetrievalProtocol
 from .preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
-from .datasets import Dataset
+from .data import IMAGE_SUFFIXES, PASSES, ImageFiles, SampledPairs, TensorImages, Triplets, label_ids, read_image
+from .datasets import Dataset, FileDataset
 from .registry import (
     create,
     list_combiners,
@@ -35,7 +36,8 @@ __all__ = [
     "CheckpointError", "ComposeRetrievalError", "DatasetError", "DuplicateNameError", "OptionError", "UnknownNameError",
     "hookimpl", "Range",
     "ImageFeatures", "TextFeatures", "Combiner", "Component", "ImageEncoder", "Loss", "TextEncoder",
-    "RetrievalProtocol", "IMAGENET_MEAN", "IMAGENET_STD", "Preprocessing", "Dataset",
+    "RetrievalProtocol", "IMAGENET_MEAN", "IMAGENET_STD", "Preprocessing", "Dataset", "FileDataset",
+    "IMAGE_SUFFIXES", "PASSES", "ImageFiles", "SampledPairs", "TensorImages", "Triplets", "label_ids", "read_image",
     "create", "list_combiners", "list_components", "list_datasets", "list_image_encoders", "list_losses",
     "list_text_encoders", "register_plugin", "reload_plugins", "unregister_plugin",
     "ComponentSpec", "ComposedRetrievalModel", "ModelSpec", "build_model",

@@ -1,11 +1,25 @@
-"""Small dataset building blocks shared by dataset plugins."""
+"""Building blocks for dataset plugins: image sets, training-triplet sets, label ids.
+
+An image set is a torch Dataset whose item i is image i *preprocessed*: a float tensor
+(3, S, S), resized and normalised by a ``Preprocessing`` (what the engine feeds the
+model, in training and in evaluation). ``ImageFiles`` decodes files; ``TensorImages``
+holds images in memory. A training set is a torch Dataset of
+``{"source": image, "text": str, "target": image}`` items: ``Triplets`` lists fixed
+(source, text, target) rows, ``SampledPairs`` draws them by a rule from the run's
+seed. ``label_ids`` turns labels into the integer ids a ``RetrievalProtocol`` holds
+(``RetrievalProtocol.from_queries`` calls it for you).
+
+Build image sets inside ``train_set()`` and ``protocol()``, from the dataset's
+``preprocessing`` at that moment: the engine may replace ``dataset.preprocessing``
+after construction (evaluating a checkpoint feeds images as the checkpoint was
+trained), so an image set made in ``__init__`` would keep the old one.
+"""
 
 from __future__ import annotations
 
 import os
-import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -14,10 +28,15 @@ from torch import Tensor
 from .errors import DatasetError
 from .preprocessing import Preprocessing
 
+__all__ = ["IMAGE_SUFFIXES", "PASSES", "ImageFiles", "SampledPairs", "TensorImages", "Triplets", "label_ids", "read_image"]
 
 
 class TensorImages(torch.utils.data.Dataset):
-    """Images held in memory as one (N, 3, H, W) uint8 tensor, preprocessed on access."""
+    """Images held in memory as one (N, 3, H, W) uint8 tensor (RGB, 0-255), preprocessed on access.
+
+    Item i is ``preprocessing(images[i])``: a float tensor (3, S, S). For generated or
+    small datasets that fit in memory (css-synthetic renders its scenes into one).
+    """
 
     def __init__(self, images: Tensor, preprocessing: Preprocessing):
         self.images, self.preprocessing = images, preprocessing
@@ -30,6 +49,7 @@ class TensorImages(torch.utils.data.Dataset):
 
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp")
+"""File name endings (lower case) taken as images when a dataset lists a folder."""
 
 
 def read_image(path: str | os.PathLike) -> Tensor:
@@ -54,29 +74,13 @@ def read_image(path: str | os.PathLike) -> Tensor:
         ) from None
 
 
-def readable_images(paths: Sequence[Path]) -> tuple[set[Path], list[Path]]:
-    """(the paths that decode, the ones that do not): one full decode of each distinct file."""
-    good, bad = set(), []
-    for path in dict.fromkeys(paths):
-        try:
-            read_image(path)
-            good.add(path)
-        except DatasetError:
-            bad.append(path)
-    return good, bad
-
-
-def warn_skipped(dataset: str, bad: Sequence[Path], rows: int) -> None:
-    if bad:
-        warnings.warn(
-            f"{dataset}: skipped {len(bad)} unreadable image(s) and the {rows} row(s) that use them "
-            f"(first: {bad[0]})",
-            stacklevel=3,
-        )
-
-
 class ImageFiles(torch.utils.data.Dataset):
-    """Image files, decoded (``read_image``) and preprocessed (its resize rule, then normalisation)."""
+    """Image files, decoded on access (``read_image``) and preprocessed: item i is a float tensor (3, S, S).
+
+    Nothing is read when the set is made; a missing or corrupt file is a one-line
+    ``DatasetError`` naming it when its item is read (``FileDataset.keep_readable``
+    drops such files up front when the user asks to skip them).
+    """
 
     def __init__(self, paths: Sequence[str | os.PathLike], preprocessing: Preprocessing):
         self.paths, self.preprocessing = [Path(p) for p in paths], preprocessing
@@ -89,10 +93,15 @@ class ImageFiles(torch.utils.data.Dataset):
 
 
 class Triplets(torch.utils.data.Dataset):
-    """Training triplets (source image, text, target image) over an image dataset.
+    """Fixed training triplets: row i is (``images[sources[i]]``, ``texts[i]``, ``images[targets[i]]``).
 
-    ``source_images`` (default: ``images``) renders the sources differently from the
-    targets, indexed alike (css's 2d-to-3d trains from flat drawings to renders).
+    ``images`` is an image set (``ImageFiles``, ``TensorImages``); ``sources`` and
+    ``targets`` are indices into it. Item i is ``{"source": Tensor, "text": str,
+    "target": Tensor}``, the training item the engine expects. ``source_images``
+    (default: ``images``) renders the sources differently from the targets, indexed
+    alike (css's 2d-to-3d trains from flat drawings to renders). ``mods_of`` lists a
+    source's texts, which batches of several texts per source need
+    (``Dataset.mods_per_source``).
     """
 
     def __init__(self, images: torch.utils.data.Dataset, sources: Sequence[int], texts: Sequence[str], targets: Sequence[int],
@@ -125,7 +134,9 @@ class Triplets(torch.utils.data.Dataset):
 class SampledPairs(torch.utils.data.Dataset):
     """Training triplets drawn afresh by a rule, with no state on the dataset object.
 
-    Item ``j`` is ``draw(j, rng)`` -> (source, text, target), with ``rng`` a numpy
+    Use it when a source has many possible targets (any image of a class, say) and a
+    fixed list would be too long or too narrow. Item ``j`` is ``draw(j, rng)`` ->
+    (source, text, target), indices into ``images``, with ``rng`` a numpy
     Generator seeded from (``seed``, ``j``): the same item is the same triplet in any
     process, so DataLoader workers are safe, and the run's seed repeats an epoch. (The
     reference code draws from the global random state, which forked workers duplicate.)
@@ -133,8 +144,10 @@ class SampledPairs(torch.utils.data.Dataset):
     draws as a run uses: datasets make it ``PASSES`` times their sources or images.
     """
 
-    def __init__(self, images: torch.utils.data.Dataset, length: int, draw, *, seed: int = 0, what: str = "dataset",
-                 source_images: torch.utils.data.Dataset | None = None, mods_of=None):
+    def __init__(self, images: torch.utils.data.Dataset, length: int,
+                 draw: Callable[[int, np.random.Generator], tuple[int, str, int]], *, seed: int = 0, what: str = "dataset",
+                 source_images: torch.utils.data.Dataset | None = None,
+                 mods_of: Callable[[int], dict[str, Sequence[int]]] | None = None):
         if length <= 0:
             raise DatasetError(f"{what}: no training pairs (no source image has a modification)")
         self.images, self.length, self.draw, self.seed, self.what = images, length, draw, seed, what
@@ -165,7 +178,12 @@ PASSES = 64
 
 
 def label_ids(keys: Sequence, vocabulary: dict | None = None) -> tuple[Tensor, dict]:
-    """Map hashable labels to integer ids (sharing ``vocabulary`` between gallery and queries)."""
+    """Hashable labels -> (integer ids as a long tensor, the vocabulary label -> id).
+
+    Ids follow first appearance. Pass the gallery's vocabulary when mapping the
+    queries' labels so that equal labels get equal ids (a label new to it gets a new
+    id, which no gallery image has).
+    """
     vocabulary = {} if vocabulary is None else vocabulary
     ids = [vocabulary.setdefault(k, len(vocabulary)) for k in keys]
     return torch.tensor(ids, dtype=torch.long), vocabulary

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
 import torch
 
-from compose_retrieval.data import PASSES, ImageFiles, SampledPairs, TensorImages, label_ids, read_image, readable_images, warn_skipped
-from compose_retrieval import IMAGENET_MEAN, IMAGENET_STD
-from compose_retrieval.errors import DatasetError
-from compose_retrieval import Dataset, Preprocessing, RetrievalProtocol
-from compose_retrieval.options import Range
+from compose_retrieval import (
+    IMAGENET_MEAN, IMAGENET_STD, PASSES, DatasetError, FileDataset, ImageFiles, Preprocessing, Range, RetrievalProtocol,
+    SampledPairs, TensorImages, read_image,
+)
 
 from .cssfiles import DATA_FILE, LAYOUT, check_split, image_path, read_data_file
 from .render import render_objects_2d
@@ -43,10 +41,10 @@ class _Split:
     ``pairs`` lists every (from, text, to) of them.
     """
 
-    def __init__(self, root: Path, name: str, record: dict[str, Any], skip_unreadable: bool):
+    def __init__(self, dataset: FileDataset, name: str, record: dict[str, Any]):
         self.objects = list(record["objects_img"])
         n = len(self.objects)
-        self.paths = [image_path(root, name, i) for i in range(n)]
+        self.paths = [image_path(dataset.root, name, i) for i in range(n)]
         labels = record.get("labels")  # image id -> scene label, as a list or a dict
         if labels is None:
             self.labels = list(range(n))  # no labels: every image its own
@@ -65,14 +63,15 @@ class _Split:
         missing = next((p for p in self.paths if not p.is_file()), None)
         if missing is not None:
             raise DatasetError(f"css: image not found: {missing}; expected {LAYOUT}")
-        if skip_unreadable:
-            good, bad = readable_images(self.paths)
-            keep = [i for i, p in enumerate(self.paths) if p in good]
+        bad = dataset.find_unreadable(self.paths)
+        if bad:
+            unreadable = set(bad)
+            keep = [i for i, p in enumerate(self.paths) if p not in unreadable]
             new = {old: i for i, old in enumerate(keep)}
             before = len(self.pairs)
             mods = [(text, [(new[f], new[t]) for f, t in pairs if f in new and t in new]) for text, pairs in self.mods]
             self.mods = [(text, pairs) for text, pairs in mods if pairs]
-            warn_skipped(f"css {name}", bad, before - len(self.pairs))
+            dataset.warn_skipped(f"css {name}", bad, before - len(self.pairs))
             self.objects = [self.objects[i] for i in keep]
             self.paths = [self.paths[i] for i in keep]
             self.labels = [self.labels[i] for i in keep]
@@ -98,7 +97,7 @@ class _Split:
         return source, text, target
 
 
-class CSS(Dataset):
+class CSS(FileDataset):
     """CSS (Vo et al., CVPR 2019; scenes built with CLEVR tools) from its original files.
 
     The layout under ``--data-root``: the pickled dict css_toy_dataset_novel2_small.dup.npy
@@ -124,24 +123,23 @@ class CSS(Dataset):
     own size), ``skip_unreadable``.
     """
 
+    name = "css"
+    layout = LAYOUT
+    protocol_names = PROTOCOLS
     default_loss = "soft_triplet"
     mods_per_source = 2  # google/tirg's batches: two texts of each source
 
     def __init__(self, data_root: str | None = None, image_size: Annotated[int, Range(8, 4096)] | None = None,
                  skip_unreadable: bool = False):
-        if data_root is None:
-            raise DatasetError(f"css reads the original files: give --data-root DIR with {LAYOUT}")
-        root = Path(data_root)
-        data = read_data_file(root)
-        self.splits = {s: _Split(root, s, check_split(data, s, root), skip_unreadable) for s in ("train", "test")}
+        super().__init__(data_root, image_size, skip_unreadable)  # image_size None: no preprocessing set yet
+        data = read_data_file(self.root)
+        self.splits = {s: _Split(self, s, check_split(data, s, self.root)) for s in ("train", "test")}
         if image_size is None:
             first = self.splits["train"].paths[0]
             height, width = read_image(first).shape[-2:]
             if height != width:
                 raise DatasetError(f"css: {first} is {width}x{height}, not square; give --dataset-opt image_size=N to resize and centre-crop")
             self.preprocessing = Preprocessing(height, IMAGENET_MEAN, IMAGENET_STD, resize="none")
-        else:
-            self.preprocessing = Preprocessing(image_size, IMAGENET_MEAN, IMAGENET_STD)
 
     def train_set(self, seed: int = 0, protocol: str | None = None) -> SampledPairs:
         s = self.splits["train"]
@@ -158,26 +156,8 @@ class CSS(Dataset):
     def train_texts(self) -> list[str]:
         return [text for _, text, _ in self.splits["train"].pairs]
 
-    def protocols(self) -> list[str]:
-        return list(PROTOCOLS)
-
-    def protocol(self, name: str | None = None) -> RetrievalProtocol:
-        name = name or PROTOCOLS[0]
-        if name not in PROTOCOLS:
-            raise DatasetError(f"css has no protocol {name!r}; its protocols: {', '.join(PROTOCOLS)}")
+    def build_protocol(self, name: str) -> RetrievalProtocol:
         s = self.splits["test"]
         gallery = ImageFiles(s.paths, self.preprocessing)
         queries = gallery if name == "3d" else self.drawings(s)
-        sources = torch.tensor([f for f, _, _ in s.pairs])
-        gallery_labels, vocabulary = label_ids(s.labels)
-        query_labels, _ = label_ids([s.labels[t] for _, _, t in s.pairs], vocabulary)
-        return RetrievalProtocol(
-            name=name,
-            gallery=gallery,
-            query_images=queries,
-            query_sources=sources,
-            query_texts=[text for _, text, _ in s.pairs],
-            query_exclude=sources.clone(),
-            gallery_labels={"label": gallery_labels},
-            query_labels={"label": query_labels},
-        )
+        return RetrievalProtocol.from_queries(name, gallery, s.labels, s.pairs, targets="index", query_images=queries)

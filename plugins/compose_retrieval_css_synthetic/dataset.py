@@ -7,11 +7,9 @@ from functools import cached_property
 import numpy as np
 import torch
 
-from compose_retrieval.data import TensorImages, Triplets, label_ids
-from compose_retrieval import IMAGENET_MEAN, IMAGENET_STD
-from compose_retrieval.errors import DatasetError
-from compose_retrieval import Dataset, Preprocessing, RetrievalProtocol
-from compose_retrieval.options import Range
+from compose_retrieval import (
+    IMAGENET_MEAN, IMAGENET_STD, Dataset, DatasetError, Preprocessing, Range, RetrievalProtocol, TensorImages, Triplets,
+)
 
 from .render import render_2d
 from .render3d import render_3d
@@ -86,6 +84,10 @@ class CSSSynthetic(Dataset):
     default_loss = "soft_triplet"
     mods_per_source = 2  # as google/tirg's CSS batches: two texts of each source
 
+    @property
+    def name(self) -> str:  # the name in messages: the protocols depend on the style
+        return f"css-synthetic (style {self.style})"
+
     def __init__(
         self,
         data_root: str | None = None,
@@ -125,25 +127,9 @@ class CSSSynthetic(Dataset):
     def protocols(self) -> list[str]:
         return ["3d", "2d-to-3d"] if self.style == "3d" else ["2d"]
 
-    def protocol(self, name: str | None = None) -> RetrievalProtocol:
-        name = name or self.protocols()[0]
-        if name not in self.protocols():
-            raise DatasetError(
-                f"css-synthetic (style {self.style}) has no protocol {name!r}; its protocols: {', '.join(self.protocols())}"
-            )
+    def build_protocol(self, name: str) -> RetrievalProtocol:
         s = self.splits["test"]
         gallery = self.images("test")
         queries = self.images("test", "2d") if name == "2d-to-3d" else gallery
-        gallery_labels, vocab = label_ids(s.labels)
-        query_labels, _ = label_ids([s.labels[t] for t in s.targets], vocab)
-        sources = torch.tensor(s.sources, dtype=torch.long)
-        return RetrievalProtocol(
-            name=name,
-            gallery=gallery,
-            query_images=queries,
-            query_sources=sources,
-            query_texts=list(s.texts),
-            query_exclude=sources.clone(),
-            gallery_labels={"label": gallery_labels},
-            query_labels={"label": query_labels},
-        )
+        return RetrievalProtocol.from_queries(name, gallery, s.labels, zip(s.sources, s.texts, s.targets), targets="index",
+                                              query_images=queries)

@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from compose_retrieval.data import PASSES, ImageFiles, SampledPairs, label_ids, readable_images, warn_skipped
-from compose_retrieval import IMAGENET_MEAN, IMAGENET_STD
-from compose_retrieval.errors import DatasetError
-from compose_retrieval import Dataset, Preprocessing, RetrievalProtocol
-from compose_retrieval.options import Range
+from compose_retrieval import PASSES, DatasetError, FileDataset, ImageFiles, RetrievalProtocol, SampledPairs
 
 LAYOUT = (
     "DATA_ROOT/labels/<category>_<split>_detect_all.txt (tab separated: image path, detection score, caption), "
@@ -74,7 +67,7 @@ def parent_index(captions: list[str]) -> dict[str, list[str]]:
     return {p: c for p, c in children.items() if len(c) >= 2}
 
 
-class Fashion200k(Dataset):
+class Fashion200k(FileDataset):
     """Fashion200k (Han et al., ICCV 2017) as the TIRG paper uses it.
 
     Captions are cleaned as google/tirg does. Training: a source image whose caption has
@@ -88,28 +81,19 @@ class Fashion200k(Dataset):
     (224), ``skip_unreadable``.
     """
 
+    name = "fashion200k"
+    layout = LAYOUT
+    protocol_names = ("test",)
     default_loss = "batch_softmax"
 
-    def __init__(self, data_root: str | None = None, image_size: Annotated[int, Range(8, 4096)] = 224,
-                 skip_unreadable: bool = False):
-        if data_root is None:
-            raise DatasetError(f"fashion200k reads the published files: give --data-root DIR with {LAYOUT}")
-        self.root = Path(data_root)
-        if not self.root.is_dir():
-            raise DatasetError(f"fashion200k: data root {self.root} does not exist; expected {LAYOUT}")
-        self.preprocessing = Preprocessing(image_size, IMAGENET_MEAN, IMAGENET_STD)
+    def read(self) -> None:
         self.images = {split: read_labels(self.root, split) for split in ("train", "test")}
         for split, images in self.images.items():
             missing = next((p for p, _ in images if not (self.root / p).is_file()), None)
             if missing is not None:
                 raise DatasetError(f"fashion200k: image not found: {self.root / missing} (listed in a {split} label file)")
-        self.skipped: set[str] = set()
-        if skip_unreadable:
-            for split, images in self.images.items():
-                good, bad = readable_images([self.root / p for p, _ in images])
-                self.images[split] = [(p, c) for p, c in images if self.root / p in good]
-                self.skipped.update(p for p, _ in images if self.root / p not in good)
-                warn_skipped(f"fashion200k {split}", bad, len(images) - len(self.images[split]))
+        for split, images in self.images.items():
+            self.images[split] = self.keep_readable(images, lambda row: (self.root / row[0],), what=f"fashion200k {split}")
         self._index_training_captions()
 
     def _index_training_captions(self) -> None:
@@ -168,7 +152,7 @@ class Fashion200k(Dataset):
             fields = line.split()
             if len(fields) != 2:
                 raise DatasetError(f"{path} line {number}: expected a source path and a target path")
-            if any(f in self.skipped for f in fields):
+            if any(self.root / f in self.unreadable for f in fields):
                 continue  # an image skipped as unreadable: its queries go too
             absent = next((f for f in fields if f not in ids), None)
             if absent is not None:
@@ -179,24 +163,7 @@ class Fashion200k(Dataset):
             raise DatasetError(f"fashion200k: {path} has no queries left")
         return queries
 
-    def protocols(self) -> list[str]:
-        return ["test"]
-
-    def protocol(self, name: str | None = None) -> RetrievalProtocol:
-        if name not in (None, "test"):
-            raise DatasetError(f"fashion200k has no protocol {name!r}; its protocol: test")
+    def build_protocol(self, name: str) -> RetrievalProtocol:
         test = self.images["test"]
-        queries = self.test_queries()
         gallery = ImageFiles([self.root / p for p, _ in test], self.preprocessing)
-        gallery_labels, _ = label_ids([c for _, c in test])
-        sources = torch.tensor([s for s, _, _ in queries])
-        return RetrievalProtocol(
-            name="test",
-            gallery=gallery,
-            query_images=gallery,
-            query_sources=sources,
-            query_texts=[text for _, text, _ in queries],
-            query_exclude=sources.clone(),
-            gallery_labels={"label": gallery_labels},
-            query_labels={"label": gallery_labels[torch.tensor([t for _, _, t in queries])]},
-        )
+        return RetrievalProtocol.from_queries(name, gallery, [c for _, c in test], self.test_queries(), targets="index")

@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from compose_retrieval.data import IMAGE_SUFFIXES, PASSES, ImageFiles, SampledPairs, label_ids, readable_images, warn_skipped
-from compose_retrieval import IMAGENET_MEAN, IMAGENET_STD
-from compose_retrieval.errors import DatasetError
-from compose_retrieval import Dataset, Preprocessing, RetrievalProtocol
-from compose_retrieval.options import Range
+from compose_retrieval import IMAGE_SUFFIXES, PASSES, DatasetError, FileDataset, ImageFiles, RetrievalProtocol, SampledPairs
 
 LAYOUT = "DATA_ROOT/images/<adjective noun>/<file>.jpg (folders without a space, and the 'adj <noun>' placeholders, are skipped)"
 
@@ -25,7 +18,7 @@ TEST_NOUNS = frozenset(
 )
 
 
-class MITStates(Dataset):
+class MITStates(FileDataset):
     """MIT-States (Isola et al., CVPR 2015), the retrieval split of the TIRG paper.
 
     Images are images/<adjective noun>/*; the 49 test nouns (REFERENCE section 7) are
@@ -39,17 +32,16 @@ class MITStates(Dataset):
     ``image_size`` (224), ``skip_unreadable``.
     """
 
+    name = "mitstates"
+    layout = LAYOUT
+    protocol_names = ("test",)
     default_loss = "batch_softmax"
     mods_per_source = 2  # google/tirg's batches: each source with two other adjectives
 
-    def __init__(self, data_root: str | None = None, image_size: Annotated[int, Range(8, 4096)] = 224,
-                 skip_unreadable: bool = False):
-        if data_root is None:
-            raise DatasetError(f"mitstates reads the published files: give --data-root DIR with {LAYOUT}")
-        folder = Path(data_root) / "images"
+    def read(self) -> None:
+        folder = self.root / "images"
         if not folder.is_dir():
             raise DatasetError(f"mitstates: {folder} not found; expected {LAYOUT}")
-        self.preprocessing = Preprocessing(image_size, IMAGENET_MEAN, IMAGENET_STD)
         self.images: dict[str, list[tuple[Path, str, str]]] = {"train": [], "test": []}  # (path, adjective, noun)
         for pair in sorted(folder.iterdir()):
             if not pair.is_dir() or " " not in pair.name:
@@ -61,10 +53,7 @@ class MITStates(Dataset):
             files = sorted(p for p in pair.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
             self.images[split] += [(p, adjective, noun) for p in files]
         for split, images in self.images.items():
-            if skip_unreadable:
-                good, bad = readable_images([p for p, _, _ in images])
-                self.images[split] = [x for x in images if x[0] in good]
-                warn_skipped(f"mitstates {split}", bad, len(images) - len(self.images[split]))
+            self.images[split] = self.keep_readable(images, lambda row: (row[0],), what=f"mitstates {split}")
             if not self.images[split]:
                 raise DatasetError(f"mitstates: no {split} images under {folder} (test nouns: armor, bracelet, ...); expected {LAYOUT}")
         self.adjectives = {split: self._adjectives(images) for split, images in self.images.items()}
@@ -110,34 +99,14 @@ class MITStates(Dataset):
             if target != adjective
         ]
 
-    def protocols(self) -> list[str]:
-        return ["test"]
-
-    def protocol(self, name: str | None = None) -> RetrievalProtocol:
-        if name not in (None, "test"):
-            raise DatasetError(f"mitstates has no protocol {name!r}; its protocol: test")
+    def build_protocol(self, name: str) -> RetrievalProtocol:
         test = self.images["test"]
         queries = self.test_queries()
         if not queries:
             raise DatasetError("mitstates: no test noun has two adjectives, so there are no queries")
-        gallery = ImageFiles([p for p, _, _ in test], self.preprocessing)
-        views = {
-            "label": ([f"{a} {n}" for _, a, n in test], [f"{a} {n}" for _, a, n in queries]),
-            "adjective": ([a for _, a, _ in test], [a for _, a, _ in queries]),
-            "noun": ([n for _, _, n in test], [n for _, _, n in queries]),
-        }
-        gallery_labels, query_labels = {}, {}
-        for view, (in_gallery, in_queries) in views.items():
-            gallery_labels[view], vocabulary = label_ids(in_gallery)
-            query_labels[view], _ = label_ids(in_queries, vocabulary)
-        sources = torch.tensor([s for s, _, _ in queries])
-        return RetrievalProtocol(
-            name="test",
-            gallery=gallery,
-            query_images=gallery,
-            query_sources=sources,
-            query_texts=[a for _, a, _ in queries],
-            query_exclude=sources.clone(),
-            gallery_labels=gallery_labels,
-            query_labels=query_labels,
+        views = {"label": [f"{a} {n}" for _, a, n in test], "adjective": [a for _, a, _ in test], "noun": [n for _, _, n in test]}
+        return RetrievalProtocol.from_queries(
+            name, ImageFiles([p for p, _, _ in test], self.preprocessing), views,
+            [(source, adjective, {"label": f"{adjective} {noun}", "adjective": adjective, "noun": noun})
+             for source, adjective, noun in queries],
         )

@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
 import csv
 import json
 import os
 from pathlib import Path
+from typing import Annotated
 
-import torch
-
-from compose_retrieval.data import IMAGE_SUFFIXES, ImageFiles, Triplets, label_ids, readable_images, warn_skipped
-from compose_retrieval import IMAGENET_MEAN, IMAGENET_STD
-from compose_retrieval.errors import DatasetError
-from compose_retrieval import Dataset, Preprocessing, RetrievalProtocol
-from compose_retrieval.options import Range
+from compose_retrieval import IMAGE_SUFFIXES, DatasetError, FileDataset, ImageFiles, Range, RetrievalProtocol, Triplets
 
 LAYOUT = (
     "DATA_ROOT/train.csv (or train.jsonl) with columns source,text,target; queries.csv (or .jsonl) with the "
@@ -78,7 +71,7 @@ def read_manifest(path: Path, columns: tuple[str, ...], optional: tuple[str, ...
     return rows
 
 
-class UserTriplets(Dataset):
+class UserTriplets(FileDataset):
     """Your own images: training and query rows (source image, text, target image), and a gallery.
 
     The layout under ``--data-root`` (paths in the files are relative to it)::
@@ -99,23 +92,22 @@ class UserTriplets(Dataset):
     machine; symbolic links under DATA_ROOT are followed either way).
     """
 
+    name = "triplets"
+    layout = LAYOUT
+    protocol_names = ("queries",)
     default_loss = "batch_softmax"
 
     def __init__(self, data_root: str | None = None, image_size: Annotated[int, Range(8, 4096)] = 224,
                  skip_unreadable: bool = False, allow_outside_root: bool = False):
         """``allow_outside_root``: accept absolute image paths and paths with ``..`` leaving the data root."""
-        if data_root is None:
-            raise DatasetError(f"triplets reads your files: give --data-root DIR laid out as {LAYOUT}")
-        self.root = Path(data_root)
-        if not self.root.is_dir():
-            raise DatasetError(f"triplets: data root {self.root} does not exist; expected {LAYOUT}")
         self.allow_outside_root = allow_outside_root
-        self.preprocessing = Preprocessing(image_size, IMAGENET_MEAN, IMAGENET_STD)
+        super().__init__(data_root, image_size, skip_unreadable)
+
+    def read(self) -> None:
         self.train_rows = self._rows("train")
         self.query_rows = self._rows("queries")
         self.gallery_paths, self.gallery_keys = self._gallery()
-        if skip_unreadable:
-            self._skip_unreadable()
+        self._skip_unreadable()
         self._check_targets()
 
     def _image(self, file: Path, row: int, name: str) -> Path:
@@ -155,13 +147,15 @@ class UserTriplets(Dataset):
 
     def _skip_unreadable(self) -> None:
         rows = self.train_rows + self.query_rows
-        good, bad = readable_images([p for r in rows for p in (r["source"], r["target"])] + self.gallery_paths)
-        before = len(rows) + len(self.gallery_paths)
-        self.train_rows = [r for r in self.train_rows if r["source"] in good and r["target"] in good]
-        self.query_rows = [r for r in self.query_rows if r["source"] in good and r["target"] in good]
-        kept = [(p, k) for p, k in zip(self.gallery_paths, self.gallery_keys) if p in good]
+        bad = self.find_unreadable([p for r in rows for p in (r["source"], r["target"])] + self.gallery_paths)
+        if not bad:
+            return
+        unreadable, before = set(bad), len(rows) + len(self.gallery_paths)
+        self.train_rows = [r for r in self.train_rows if r["source"] not in unreadable and r["target"] not in unreadable]
+        self.query_rows = [r for r in self.query_rows if r["source"] not in unreadable and r["target"] not in unreadable]
+        kept = [(p, k) for p, k in zip(self.gallery_paths, self.gallery_keys) if p not in unreadable]
         self.gallery_paths, self.gallery_keys = [p for p, _ in kept], [k for _, k in kept]
-        warn_skipped("triplets", bad, before - len(self.train_rows) - len(self.query_rows) - len(self.gallery_paths))
+        self.warn_skipped("triplets", bad, before - len(self.train_rows) - len(self.query_rows) - len(self.gallery_paths))
         for what, left in (("training rows", self.train_rows), ("queries", self.query_rows), ("gallery images", self.gallery_paths)):
             if not left:
                 raise DatasetError(f"triplets: no {what} left after skipping {len(bad)} unreadable image(s)")
@@ -185,24 +179,16 @@ class UserTriplets(Dataset):
     def train_texts(self) -> list[str]:
         return [r["text"] for r in self.train_rows]
 
-    def protocols(self) -> list[str]:
-        return ["queries"]
-
-    def protocol(self, name: str | None = None) -> RetrievalProtocol:
-        if name not in (None, "queries"):
-            raise DatasetError(f"triplets has no protocol {name!r}; its protocol: queries")
+    def build_protocol(self, name: str) -> RetrievalProtocol:
         gallery_index = {p: i for i, p in enumerate(self.gallery_paths)}
-        sources = sorted({r["source"] for r in self.query_rows})
+        sources = sorted({r["source"] for r in self.query_rows})  # the query images, the gallery's or not
         source_index = {p: i for i, p in enumerate(sources)}
-        gallery_labels, _ = label_ids(self.gallery_keys)
-        query_labels = gallery_labels[torch.tensor([gallery_index[r["target"]] for r in self.query_rows])]
-        return RetrievalProtocol(
-            name="queries",
-            gallery=ImageFiles(self.gallery_paths, self.preprocessing),
+        return RetrievalProtocol.from_queries(
+            name,
+            ImageFiles(self.gallery_paths, self.preprocessing),
+            self.gallery_keys,
+            [(source_index[r["source"]], r["text"], gallery_index[r["target"]]) for r in self.query_rows],
+            targets="index",
             query_images=ImageFiles(sources, self.preprocessing),
-            query_sources=torch.tensor([source_index[r["source"]] for r in self.query_rows]),
-            query_texts=[r["text"] for r in self.query_rows],
-            query_exclude=torch.tensor([gallery_index.get(r["source"], -1) for r in self.query_rows]),
-            gallery_labels={"label": gallery_labels},
-            query_labels={"label": query_labels},
+            query_image_in_gallery=[gallery_index.get(p, -1) for p in sources],
         )
