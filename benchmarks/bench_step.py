@@ -18,14 +18,16 @@ training) rather than the cache misses of switching between models.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import time
 
 import torch
 
 import compose_retrieval as cr
-from compose_retrieval.model import ComponentSpec, ModelSpec, build_model
-from compose_retrieval.training import TrainConfig, make_optimizer, recipe_backbone
+from compose_retrieval.model import ComponentSpec, build_model
+from compose_retrieval.config import make_config
+from compose_retrieval.optim import make_optimizer
 
 TEXTS = ["make red circle at top-left blue", "add large gray triangle to bottom-right", "remove cyan rectangle"]
 
@@ -64,12 +66,11 @@ def main() -> None:
     targets = torch.randn(b, 3, s, s, device=device).contiguous(memory_format=torch.channels_last)
     both = torch.cat([sources, targets])
     texts = [TEXTS[i % len(TEXTS)] for i in range(b)]
-    loss_fn = cr.create("loss", "batch_softmax")
-    config = TrainConfig.from_recipe("cpu")
-    backbone = {"model_name": args.backbone} if args.backbone else recipe_backbone("cpu")
-    image_encoder = ComponentSpec("timm", backbone)
+    config = make_config("cpu", backbone=args.backbone)
+    loss_fn = cr.create("loss", config.loss)
+    backbone = config.model.image_encoder.options
 
-    floor_model = build_model(ModelSpec(image_encoder=image_encoder)).image_encoder
+    floor_model = build_model(config.model).image_encoder
     floor_model.to(device).to(memory_format=torch.channels_last).train()
 
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=config.amp and device.type == "cuda")
@@ -87,7 +88,7 @@ def main() -> None:
     # One combiner at a time, as in training: with every model alive at once, the big
     # ones (attribute_operator's 134M weights) evict the small ones' caches.
     for name in combiners:
-        model = build_model(ModelSpec(combiner=ComponentSpec(name), image_encoder=image_encoder))
+        model = build_model(dataclasses.replace(config.model, combiner=ComponentSpec(name)))
         model.text_encoder.fit(TEXTS)
         model.to(device).to(memory_format=torch.channels_last).train()
         optimizer = make_optimizer(model, config)

@@ -24,12 +24,17 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from . import registry
-from .errors import CheckpointError, UnknownNameError
+from .errors import CheckpointError, UnknownNameError, plural
 from .preprocessing import Preprocessing
 from .model import ComposedRetrievalModel, ModelSpec, build_model
 
 FORMAT_VERSION = 2  # 2: the metadata holds a sha256 of the tensor data ("tensor_sha256"), checked on load
 _JSON_KEYS = {"model": dict, "extra_state": dict, "preprocessing": dict, "recipe": dict, "metrics": dict, "plugins": dict}
+__all__ = [
+    "FORMAT_VERSION", "atomic_write", "save_checkpoint", "load_checkpoint", "read_metadata", "tensors_sha256",
+    "spec_from_metadata", "check_loaded_options", "state_mismatches", "install_hint",
+]
+
 _COMPONENTS = ("image_encoder", "text_encoder", "combiner")
 _KIND_OF_COMPONENT = {"image_encoder": "image_encoder", "text_encoder": "text_encoder", "combiner": "combiner"}
 
@@ -115,8 +120,9 @@ def save_checkpoint(
         "preprocessing": json.dumps(model.preprocessing.to_dict() if model.preprocessing else None),
         "recipe": json.dumps(_finite(recipe or {})),
         "metrics": json.dumps(_finite(metrics or {})),  # nan (a recall over no queries) is written as null
-        # which plugin (and package) provided each component, so a machine without it is told what to install
-        "plugins": json.dumps({key: _provenance(key, getattr(model.spec, key).name) for key in _COMPONENTS}),
+        # which plugin (and package) provided each component, the dataset and the loss, so a machine without
+        # one is told what to install
+        "plugins": json.dumps(_provenances(model.spec, recipe or {})),
         "tensor_sha256": tensors_sha256(state),
     }
     atomic_write(path, lambda tmp: save_file(state, tmp, metadata=metadata), exclusive=exclusive)
@@ -251,7 +257,7 @@ def _build(path: str | os.PathLike, spec: ModelSpec, meta: dict[str, Any]) -> Co
         model.load_extra_state_metadata(meta["extra_state"] or {})
     except UnknownNameError as exc:
         raise CheckpointError(f"{path} needs the {exc.kind} {_clip(repr(exc.name), 100)}, which no installed plugin provides; "
-                              f"{_install_hint(spec, meta, exc)}") from None
+                              f"{install_hint({**meta, 'spec': spec}, _COMPONENTS, exc)}") from None
     except CheckpointError as exc:  # a component's own; it may quote a value of any length from the file
         if len(str(exc)) > 600:
             raise CheckpointError(_clip(exc, 600)) from None
@@ -286,16 +292,28 @@ def _path_like(value: Any) -> str | None:
     return None
 
 
-def _install_hint(spec: ModelSpec, meta: dict[str, Any], exc: UnknownNameError) -> str:
-    origin = next((o for k, o in (meta["plugins"] or {}).items()
-                   if k in _COMPONENTS and getattr(spec, k).name == exc.name and isinstance(o, dict)), None)
+def _provenances(spec: ModelSpec, recipe: dict[str, Any]) -> dict[str, dict[str, str] | None]:
+    found = {key: _provenance(key, getattr(spec, key).name) for key in _COMPONENTS}
+    for kind in ("dataset", "loss"):
+        if isinstance(recipe.get(kind), str):
+            found[kind] = _provenance(kind, recipe[kind])
+    return found
+
+
+def install_hint(meta: dict[str, Any], kinds: tuple[str, ...], exc: UnknownNameError) -> str:
+    """What to install for the unknown name of ``exc``: the plugin and package the checkpoint ``meta`` recorded for it
+    under one of ``kinds`` (image_encoder, text_encoder, combiner, dataset, loss)."""
+    names = {k: getattr(meta.get("spec"), k).name for k in _COMPONENTS if meta.get("spec") is not None}
+    names.update({k: (meta.get("recipe") or {}).get(k) for k in ("dataset", "loss")})
+    origin = next((o for k, o in (meta.get("plugins") or {}).items()
+                   if k in kinds and names.get(k) == exc.name and isinstance(o, dict)), None)
     if origin and origin.get("package"):
         how = f"it came from plugin {origin.get('plugin')!r} of the package {origin['package']!r}: pip install {origin['package']}"
     elif origin:
         how = f"it came from plugin {origin.get('plugin')!r}, registered in-process (register_plugin): register it again"
     else:
         how = "install the plugin that registers it"
-    return f"{how} (installed {exc.kind}s: {', '.join(exc.available) or 'none'})"
+    return f"{how} (installed {plural(exc.kind)}: {', '.join(exc.available) or 'none'})"
 
 
 def _named(spec: ModelSpec, key: str) -> str:

@@ -13,7 +13,9 @@ from typing import Any, Callable, Sequence
 from .checkpoint import atomic_write, read_metadata
 from .model import ComponentSpec
 from .errors import ComposeRetrievalError
-from .training import CHECKPOINT_NAME, TrainConfig, recipe_of, train
+from .config import TrainConfig, recipe_of
+from .rundir import CHECKPOINT_NAME
+from .training import train
 
 REPORTED = ("recall@1", "recall@5", "recall@10")
 

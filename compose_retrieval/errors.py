@@ -3,6 +3,16 @@
 from __future__ import annotations
 
 
+__all__ = [
+    "ComposeRetrievalError", "UnknownNameError", "OptionError", "DuplicateNameError", "CheckpointError", "DatasetError", "plural",
+]
+
+
+def plural(noun: str) -> str:
+    """"loss" -> "losses", "combiner" -> "combiners"."""
+    return noun + ("es" if noun.endswith(("s", "x", "sh", "ch")) else "s")
+
+
 class ComposeRetrievalError(Exception):
     """Base of every error the library raises on purpose (bad input, missing files)."""
 
@@ -14,7 +24,7 @@ class UnknownNameError(ComposeRetrievalError, KeyError):
         self.kind, self.name, self.suggestions, self.available = kind, name, suggestions, available
         hint = f" Did you mean {' or '.join(repr(s) for s in suggestions)}?" if suggestions else ""
         listing = ", ".join(available) if available else "none installed"
-        super().__init__(f"unknown {kind} {name!r}.{hint} Available {kind}s: {listing}.")
+        super().__init__(f"unknown {kind} {name!r}.{hint} Available {plural(kind)}: {listing}.")
 
     def __str__(self) -> str:  # KeyError would repr() the message
         return self.args[0]
@@ -25,7 +35,7 @@ class OptionError(ComposeRetrievalError, ValueError):
 
 
 class DuplicateNameError(ComposeRetrievalError):
-    """Two plugins registered one name for one kind."""
+    """A name that two plugins register: ambiguous until one is chosen as PLUGIN:NAME."""
 
 
 class CheckpointError(ComposeRetrievalError):

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import pluggy
 
+__all__ = ["PROJECT", "hookspec", "hookimpl"]
+
 PROJECT = "compose_retrieval"
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
@@ -45,6 +47,11 @@ def register_losses(register):
 @hookspec
 def register_datasets(register):
     """Register Dataset factories: Dataset(data_root=None, **options)."""
+
+
+@hookspec
+def register_recipes(register):
+    """Register training recipes: register(name, Recipe(...)) (see compose_retrieval.recipes)."""
 
 
 @hookspec

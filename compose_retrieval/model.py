@@ -18,6 +18,7 @@ from .features import ImageFeatures, TextFeatures
 from .preprocessing import Preprocessing
 from .options import Range, check_value
 
+__all__ = ["ComponentSpec", "ModelSpec", "NormalizationLayer", "ComposedRetrievalModel", "build_model", "MAX_EMBED_DIM"]
 
 MAX_EMBED_DIM = 65536
 
@@ -38,11 +39,14 @@ class ComponentSpec:
 
 @dataclass
 class ModelSpec:
-    """Everything needed to rebuild a model's architecture through the registry."""
+    """Everything needed to rebuild a model's architecture through the registry.
 
-    combiner: ComponentSpec = field(default_factory=lambda: ComponentSpec("tirg"))
-    image_encoder: ComponentSpec = field(default_factory=lambda: ComponentSpec("timm", {"model_name": "resnet18"}))
-    text_encoder: ComponentSpec = field(default_factory=lambda: ComponentSpec("lstm"))
+    ``compose_retrieval.config.make_config`` fills in what a user leaves out from the default recipe.
+    """
+
+    combiner: ComponentSpec
+    image_encoder: ComponentSpec
+    text_encoder: ComponentSpec
     embed_dim: int = 512
     normalization_scale: float = 4.0
 
@@ -64,6 +68,9 @@ class ModelSpec:
         unknown = sorted(set(d) - {f.name for f in fields(cls)})
         if unknown:
             raise OptionError(f"the model spec has fields this version does not know: {', '.join(unknown)[:200]}")
+        missing = [k for k in ("combiner", "image_encoder", "text_encoder") if k not in d]
+        if missing:
+            raise OptionError(f"the model spec names no {', '.join(missing)}")
         d = dict(d)
         for key in ("combiner", "image_encoder", "text_encoder"):
             if key in d:

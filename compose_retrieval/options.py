@@ -24,6 +24,8 @@ from typing import Any, Literal, Union
 
 from .errors import OptionError
 
+__all__ = ["Range", "check_value", "annotations_of", "describe_type"]
+
 
 @dataclass(frozen=True)
 class Range:
@@ -118,3 +120,11 @@ def annotations_of(factory: Any) -> dict[str, Any]:
         return typing.get_type_hints(target, include_extras=True)
     except Exception:  # an annotation naming something its module does not import: no checks, as before
         return {}
+
+
+def describe_type(annotation: Any) -> str:
+    """What an option accepts, in words: "int, between 1 and 64", "one of 'dot', 'l2'", "any" when undeclared."""
+    if annotation is None:
+        return "any"
+    ranges = "; ".join(r.describe() for r in _ranges(annotation))
+    return _type_name(annotation) + (f", {ranges}" if ranges else "")

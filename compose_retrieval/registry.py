@@ -2,8 +2,13 @@
 
 Every plugin, built-in or third-party, is a module named by an entry point of the
 group ``compose_retrieval``. Entry points are read once and cached; a plugin that
-fails to import is skipped with a warning that names it. Components are collected
-by calling each plugin's ``register_*`` hook with a ``register`` callback.
+fails to import is skipped with a warning that names its package and points at the
+plugin's line. Components are collected by calling each plugin's ``register_*`` hook
+with a ``register`` callback.
+
+Two plugins may register one name: the conflict is a warning naming both packages, the
+bare name is ambiguous until chosen, and every other name keeps working. The qualified
+form ``PLUGIN:NAME`` (``combiners:tirg``) always names one plugin's component.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import difflib
 import fnmatch
 import importlib.metadata
 import inspect
+import traceback
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -22,6 +28,13 @@ from . import hookspecs
 from .errors import ComposeRetrievalError, DuplicateNameError, OptionError, UnknownNameError
 from .options import annotations_of, check_value
 
+__all__ = [
+    "KINDS", "ENTRY_POINT_GROUP", "ENGINE_ARGUMENTS", "Registered", "get_plugin_manager", "reload_plugins",
+    "register_plugin", "unregister_plugin", "list_components", "get_entry", "create", "accepted_options",
+    "check_options", "provenance", "describe", "plugin_package", "list_image_encoders", "list_text_encoders",
+    "list_combiners", "list_losses", "list_datasets",
+]
+
 # kind -> hook name. The kind is what errors and `compose-retrieval list` call it.
 KINDS: dict[str, str] = {
     "image_encoder": "register_image_encoders",
@@ -29,9 +42,11 @@ KINDS: dict[str, str] = {
     "combiner": "register_combiners",
     "loss": "register_losses",
     "dataset": "register_datasets",
+    "recipe": "register_recipes",
     "pretrained": "register_pretrained",
 }
 ENTRY_POINT_GROUP = hookspecs.PROJECT
+QUALIFIER = ":"
 
 
 @dataclass
@@ -44,13 +59,41 @@ class Registered:
     description: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
+
+@dataclass
+class _Table:
+    """The components of one kind: by bare name (unique ones), by PLUGIN:NAME (all), and the ambiguous bare names."""
+
+    unique: dict[str, Registered] = field(default_factory=dict)
+    qualified: dict[str, Registered] = field(default_factory=dict)
+    ambiguous: dict[str, list[Registered]] = field(default_factory=dict)
+
+
 _pm: pluggy.PluginManager | None = None
-_tables: dict[str, dict[str, Registered]] = {}
+_tables: dict[str, _Table] = {}
 _distributions: dict[str, str] = {}  # entry-point plugin name -> the installed package that declares it
 
 
 def _display(kind: str) -> str:
     return kind.replace("_", " ")
+
+
+def _package_of(ep: importlib.metadata.EntryPoint) -> str | None:
+    return ep.dist.name if getattr(ep, "dist", None) is not None else None
+
+
+def _warn_at_plugin(message: str, exc: BaseException | None, fallback: str) -> None:
+    """A warning that points at the plugin's own line (the deepest frame of ``exc`` outside the import
+    machinery), not at the engine's: the line a plugin author has to fix."""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith("<frozen")] if exc else []
+    frames = [f for f in frames if f.filename != __file__] or frames
+    filename, lineno = (frames[-1].filename, frames[-1].lineno or 0) if frames else (fallback, 0)
+    warnings.warn_explicit(message, RuntimeWarning, filename, lineno, module=fallback)
+
+
+def _what_to_do(plugin: str) -> str:
+    package = _distributions.get(plugin)
+    return f"fix or uninstall the package {package!r} (pip uninstall {package})" if package else f"fix or unregister the plugin {plugin!r}"
 
 
 def get_plugin_manager() -> pluggy.PluginManager:
@@ -59,24 +102,41 @@ def get_plugin_manager() -> pluggy.PluginManager:
     if _pm is None:
         pm = pluggy.PluginManager(hookspecs.PROJECT)
         pm.add_hookspecs(hookspecs)
-        for ep in sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
-            if pm.get_plugin(ep.name) is not None or pm.is_blocked(ep.name):
+        for ep in sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: (e.name, e.value)):
+            package = _package_of(ep)
+            if pm.is_blocked(ep.name):
                 continue
+            if pm.get_plugin(ep.name) is not None:  # two packages declare one plugin name: keep the first, say so
+                if _distributions.get(ep.name) != package:
+                    warnings.warn(
+                        f"compose_retrieval plugin name {ep.name!r} is declared by the packages "
+                        f"{_distributions.get(ep.name)!r} and {package!r}; the second was skipped: uninstall one of them",
+                        RuntimeWarning, stacklevel=2,
+                    )
+                continue
+            if package:
+                _distributions[ep.name] = package
             try:
                 plugin = ep.load()
             except Exception as exc:  # a broken plugin must not take the others down
-                warnings.warn(
-                    f"compose_retrieval plugin {ep.name!r} ({ep.value}) failed to import and was skipped: "
-                    f"{type(exc).__name__}: {exc}",
-                    RuntimeWarning,
-                    stacklevel=2,
+                _distributions.pop(ep.name, None)
+                where = f"package {package!r}, " if package else ""
+                _warn_at_plugin(
+                    f"compose_retrieval plugin {ep.name!r} ({where}module {ep.value}) failed to import and was skipped: "
+                    f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}; "
+                    + (f"fix or uninstall it: pip uninstall {package}" if package else "fix it or remove its entry point"),
+                    exc, ep.value,
                 )
                 continue
             pm.register(plugin, name=ep.name)
-            if getattr(ep, "dist", None) is not None:
-                _distributions[ep.name] = ep.dist.name
         _pm = pm
     return _pm
+
+
+def plugin_package(plugin: str) -> str | None:
+    """The installed package that declares the entry-point plugin ``plugin`` (None for one registered in-process)."""
+    get_plugin_manager()
+    return _distributions.get(plugin)
 
 
 def reload_plugins() -> None:
@@ -110,37 +170,60 @@ def unregister_plugin(plugin_or_name: Any) -> None:
     _tables.clear()
 
 
-def _table(kind: str) -> dict[str, Registered]:
+def _owners(entries: list[Registered]) -> str:
+    return " and ".join(
+        f"{e.plugin!r}" + (f" (package {_distributions[e.plugin]!r})" if e.plugin in _distributions else "") for e in entries
+    )
+
+
+def _choices(name: str, entries: list[Registered]) -> str:
+    return " or ".join(f"{e.plugin}{QUALIFIER}{name}" for e in entries)
+
+
+def _table(kind: str) -> _Table:
     if kind not in KINDS:
         raise UnknownNameError("kind", kind, difflib.get_close_matches(kind, KINDS), sorted(KINDS))
     if kind in _tables:
         return _tables[kind]
     pm = get_plugin_manager()
-    table: dict[str, Registered] = {}
+    found: dict[str, list[Registered]] = {}
     hook = getattr(pm.hook, KINDS[kind])
     for impl in hook.get_hookimpls():
         plugin_name = impl.plugin_name
 
         def register(name: str, factory: Any, description: str | None = None, _plugin=plugin_name) -> None:
-            if name in table:
-                raise DuplicateNameError(
-                    f"{_display(kind)} {name!r} is registered by two plugins: "
-                    f"{table[name].plugin!r} and {_plugin!r}; uninstall or block one of them"
-                )
+            if not isinstance(name, str) or not name or QUALIFIER in name:
+                raise ComposeRetrievalError(f"{_display(kind)} name {name!r} is not a non-empty name without {QUALIFIER!r}")
+            if any(e.plugin == _plugin for e in found.get(name, ())):
+                raise ComposeRetrievalError(f"it registers the {_display(kind)} {name!r} twice")
             if description is None:
                 description = _first_line(getattr(factory, "description", "") or inspect.getdoc(factory) or "")
-            table[name] = Registered(name, factory, _plugin, description)
+            caller = traceback.extract_stack(limit=2)[0]  # the plugin's line that registers it, for a conflict's warning
+            found.setdefault(name, []).append(Registered(name, factory, _plugin, description, {"at": (caller.filename, caller.lineno)}))
 
         try:
             impl.function(register=register)
-        except DuplicateNameError:
-            raise
-        except Exception as exc:
-            warnings.warn(
-                f"compose_retrieval plugin {plugin_name!r} failed in {KINDS[kind]} and was skipped: "
-                f"{type(exc).__name__}: {exc}",
-                RuntimeWarning,
-                stacklevel=3,
+        except Exception as exc:  # one bad plugin never disables the tool
+            for entries in found.values():
+                entries[:] = [e for e in entries if e.plugin != plugin_name]
+            _warn_at_plugin(
+                f"compose_retrieval plugin {plugin_name!r} failed in {KINDS[kind]} and its {_display(kind)}s were skipped: "
+                f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}; {_what_to_do(plugin_name)}",
+                exc, getattr(impl.plugin, "__name__", plugin_name),
+            )
+    table = _Table()
+    for name, entries in sorted(found.items()):
+        for e in entries:
+            table.qualified[f"{e.plugin}{QUALIFIER}{name}"] = e
+        if len(entries) == 1:
+            table.unique[name] = entries[0]
+        elif entries:
+            table.ambiguous[name] = entries
+            filename, lineno = entries[-1].extra["at"]
+            warnings.warn_explicit(
+                f"{_display(kind)} {name!r} is registered by {_owners(entries)}; the name is ambiguous until you "
+                f"choose one with {_choices(name, entries)}, or uninstall one of them",
+                RuntimeWarning, filename, lineno or 0, module=entries[-1].plugin,
             )
     _tables[kind] = table
     return table
@@ -151,17 +234,35 @@ def _first_line(text: str) -> str:
 
 
 def list_components(kind: str, pattern: str = "*") -> list[str]:
-    """Sorted names of the registered components of ``kind`` matching a wildcard pattern."""
-    return sorted(n for n in _table(kind) if fnmatch.fnmatchcase(n, pattern))
+    """Sorted names of the registered components of ``kind`` matching a wildcard pattern.
+
+    A name that two plugins register is listed in its qualified forms (``PLUGIN:NAME``), the ones that work.
+    """
+    table = _table(kind)
+    names = list(table.unique) + [f"{e.plugin}{QUALIFIER}{n}" for n, entries in table.ambiguous.items() for e in entries]
+    return sorted(n for n in names if fnmatch.fnmatchcase(n, pattern))
 
 
 def get_entry(kind: str, name: str) -> Registered:
-    """The registry entry of ``name``; an unknown name raises UnknownNameError with suggestions."""
+    """The registry entry of ``name`` (or ``PLUGIN:NAME``).
+
+    An unknown name raises UnknownNameError with suggestions; a name two plugins register
+    raises DuplicateNameError saying how to choose one.
+    """
     table = _table(kind)
-    if name not in table:
-        names = sorted(table)
-        raise UnknownNameError(_display(kind), name, difflib.get_close_matches(name, names, n=3, cutoff=0.6), names)
-    return table[name]
+    if name in table.unique:
+        return table.unique[name]
+    if name in table.qualified:
+        return table.qualified[name]
+    if name in table.ambiguous:
+        entries = table.ambiguous[name]
+        raise DuplicateNameError(
+            f"{_display(kind)} {name!r} is registered by {_owners(entries)}; choose one: {_choices(name, entries)}"
+        )
+    names = list_components(kind)
+    bare = name.rpartition(QUALIFIER)[2]
+    close = difflib.get_close_matches(name, names, n=3, cutoff=0.6) or [n for n in table.qualified if n.endswith(QUALIFIER + bare)][:3]
+    raise UnknownNameError(_display(kind), name, close, names)
 
 
 def create(kind: str, name: str, *args: Any, **options: Any) -> Any:
@@ -233,8 +334,8 @@ def provenance(kind: str, name: str) -> dict[str, str]:
 
 def describe(kind: str, pattern: str = "*") -> list[tuple[str, str, str]]:
     """(name, one-line description, plugin) for the components of ``kind`` matching ``pattern``."""
-    table = _table(kind)
-    return [(n, table[n].description, table[n].plugin) for n in list_components(kind, pattern)]
+    entries = [(n, get_entry(kind, n)) for n in list_components(kind, pattern)]
+    return [(n, e.description, e.plugin) for n, e in entries]
 
 
 def _lister(kind: str) -> Callable[[str], list[str]]:

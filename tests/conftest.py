@@ -16,7 +16,7 @@ import torch
 
 import compose_retrieval
 from compose_retrieval.model import ComponentSpec, ModelSpec
-from compose_retrieval.training import TrainConfig
+from compose_retrieval.config import TrainConfig
 
 # PyTorch's intra-op thread pool spins badly when another process holds one of the two
 # cores (a training step goes from 0.04 s to 3 s); one thread keeps the suite fast.

@@ -14,7 +14,8 @@ from compose_retrieval.checkpoint import read_metadata
 from compose_retrieval.batching import SameSourceBatches
 from compose_retrieval.data import Triplets
 from compose_retrieval.batching import training_loader
-from compose_retrieval.training import CHECKPOINT_NAME, train
+from compose_retrieval.rundir import CHECKPOINT_NAME
+from compose_retrieval.training import train
 from compose_retrieval_css_synthetic.cssfiles import write_css
 
 from conftest import TINY_DATASET, tiny_config

@@ -147,13 +147,14 @@ def test_the_good_checkpoint_of_the_fixture_loads(checkpoints):
 
 def test_unexpected_exception_is_one_line_and_debug_shows_it(tmp_path, monkeypatch):
     """A bug (not a library error) is one line that says how to see the traceback; --debug lets it propagate."""
+    import compose_retrieval.cli.common
     import compose_retrieval.training
 
     def broken(*args, **kwargs):
         raise RuntimeError("something broke\nin two lines")
 
     monkeypatch.setattr(compose_retrieval.training, "train", broken)
-    monkeypatch.delenv(compose_retrieval.cli.DEBUG_ENV, raising=False)
+    monkeypatch.delenv(compose_retrieval.cli.common.DEBUG_ENV, raising=False)
     line = assert_one_line_error(invoke("train", *TINY_TRAIN, "--run-dir", tmp_path / "a"),
                                  "unexpected RuntimeError: something broke in two lines",
                                  "run with --debug for the traceback")

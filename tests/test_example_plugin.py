@@ -10,7 +10,8 @@ import torch
 import compose_retrieval
 from compose_retrieval import registry
 from compose_retrieval.checkpoint import load_checkpoint, read_metadata
-from compose_retrieval.training import CHECKPOINT_NAME, train
+from compose_retrieval.rundir import CHECKPOINT_NAME
+from compose_retrieval.training import train
 
 from conftest import BUILTIN_COMBINERS, EMBED_DIM, EXAMPLE_PLUGIN_DIR, plugin_paths, tiny_config, tiny_spec, write_dist_info
 

@@ -14,7 +14,8 @@ from PIL import Image
 import compose_retrieval
 from compose_retrieval import CheckpointError, ComposeRetrievalError, hookimpl
 from compose_retrieval.checkpoint import load_checkpoint, read_metadata, save_checkpoint
-from compose_retrieval.training import CHECKPOINT_NAME, claim_run_dir, new_run_dir, train
+from compose_retrieval.rundir import CHECKPOINT_NAME, claim_run_dir, new_run_dir
+from compose_retrieval.training import train
 from compose_retrieval.zoo import CACHE_ENV, pretrained_info, resolve, sha256_of, zoo_dir
 
 from conftest import TINY_CLI_MODEL, TINY_DATASET, assert_one_line_error, invoke, tiny_config, tiny_model

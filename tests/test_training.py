@@ -11,7 +11,9 @@ import torch
 from compose_retrieval import ComponentSpec, ComposeRetrievalError, ModelSpec, UnknownNameError, build_model
 from compose_retrieval.checkpoint import load_checkpoint, read_metadata
 from compose_retrieval.evaluation import evaluate_checkpoint
-from compose_retrieval.training import CHECKPOINT_NAME, TrainConfig, train
+from compose_retrieval.config import TrainConfig
+from compose_retrieval.rundir import CHECKPOINT_NAME
+from compose_retrieval.training import train
 
 from conftest import TINY_DATASET, tiny_config, tiny_spec
 
@@ -137,14 +139,17 @@ def test_init_from_starts_from_a_checkpoint(tiny_run, tmp_path):
 
 def test_the_paper_recipe_initialises_resnet_as_torchvision_does():
     """google/tirg's ResNet-18 (torchvision) starts the last BatchNorm of each residual block at 1; timm's at 0."""
-    from compose_retrieval.training import recipe_backbone
+    from compose_retrieval.config import make_config
 
-    def last_bn_weights(options):
-        body = build_model(ModelSpec(image_encoder=ComponentSpec("timm", options))).image_encoder.body
+    def encoder(recipe, **choices):
+        return make_config(recipe, **choices).model.image_encoder
+
+    def last_bn_weights(spec):
+        body = build_model(ModelSpec(combiner=ComponentSpec("tirg"), image_encoder=spec, text_encoder=ComponentSpec("lstm"))).image_encoder.body
         return {float(block.bn2.weight.detach().mean()) for layer in (body.layer1, body.layer4) for block in layer}
 
-    assert last_bn_weights(recipe_backbone("paper")) == {1.0}
-    assert last_bn_weights(recipe_backbone("paper", model_name="resnet18")) == {1.0}  # naming the recipe's model keeps it
-    assert last_bn_weights(recipe_backbone("cpu")) == {0.0}  # the cpu recipe keeps timm's default
-    assert recipe_backbone("paper", model_name="resnet50") == {"model_name": "resnet50"}  # another model: timm's defaults
-    assert recipe_backbone("cpu", pretrained=True) == {"model_name": "resnet18", "pretrained": True}  # full width
+    assert last_bn_weights(encoder("paper")) == {1.0}
+    assert last_bn_weights(encoder("paper", backbone="resnet18")) == {1.0}  # naming the recipe's model keeps it
+    assert last_bn_weights(encoder("cpu")) == {0.0}  # the cpu recipe keeps timm's default
+    assert encoder("paper", backbone="resnet50").options == {"model_name": "resnet50"}  # another model: timm's defaults
+    assert encoder("cpu", pretrained=True).options == {"model_name": "resnet18", "pretrained": True}  # full width

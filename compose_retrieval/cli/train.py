@@ -1,0 +1,142 @@
+"""`compose-retrieval train` and `compose-retrieval compare`."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Annotated, Any, List, Optional
+
+import typer
+
+from .. import registry
+from ..options import Range, check_value
+from .common import app, console, errors_as_exit, parse_options, print_metrics
+
+__all__ = ["train", "compare"]
+
+_RECIPE_HELP = "Training recipe (see `list recipes`; default: the installed default, cpu: minutes on a laptop)."
+
+
+@app.command()
+def train(
+    combiner: Optional[str] = typer.Option(None, help="How image and text are composed (see `list combiners`; default: the recipe's, tirg)."),
+    dataset: Optional[str] = typer.Option(None, help="Training and test data (see `list datasets`; default: the recipe's)."),
+    data_root: Optional[str] = typer.Option(None, help="Where the dataset's files are (not for generated datasets)."),
+    protocol: Optional[str] = typer.Option(None, help="Test protocol of the dataset (default: its first)."),
+    image_encoder: Optional[str] = typer.Option(None, help="Image encoder plugin (default: the recipe's)."),
+    backbone: Optional[str] = typer.Option(
+        None, help="The image encoder's architecture, its main option (timm: a model name; default: the recipe's)."
+    ),
+    pretrained: bool = typer.Option(False, help="Start from ImageNet weights (needs them cached or a network)."),
+    text_encoder: Optional[str] = typer.Option(None, help="Text encoder plugin (default: the recipe's)."),
+    loss: Optional[str] = typer.Option(None, help="Loss (default: the recipe's, else the dataset's)."),
+    embed_dim: Optional[int] = typer.Option(None, help="Embedding size (default: the recipe's)."),
+    init_from: Optional[str] = typer.Option(
+        None, help="Start from this checkpoint or zoo name (its model, weights and vocabulary; fine-tuning)."
+    ),
+    recipe: Optional[str] = typer.Option(None, help=_RECIPE_HELP),
+    steps: Optional[int] = typer.Option(None, help="Training steps (overrides the recipe)."),
+    batch_size: Optional[int] = typer.Option(None, help="Batch size (overrides the recipe)."),
+    lr: Optional[float] = typer.Option(None, help="Learning rate (overrides the recipe)."),
+    optimizer: Optional[str] = typer.Option(None, help="sgd or adamw (overrides the recipe)."),
+    mods_per_source: Optional[int] = typer.Option(
+        None, help="Different texts of one source in a batch (default: the dataset's; css and mitstates: 2, as google/tirg)."
+    ),
+    seed: int = typer.Option(0, help="Random seed of the model and the batches."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1, ..."),
+    workers: int = typer.Option(0, help="DataLoader worker processes."),
+    run_dir: Optional[Path] = typer.Option(None, help="Where the config, metrics and checkpoint go (default runs/NAME-TIME)."),
+    combiner_opt: Optional[List[str]] = typer.Option(None, help="Combiner option KEY=VALUE (repeatable; see `info combiner NAME`)."),
+    image_encoder_opt: Optional[List[str]] = typer.Option(None, help="Image encoder option KEY=VALUE (repeatable)."),
+    text_encoder_opt: Optional[List[str]] = typer.Option(None, help="Text encoder option KEY=VALUE (repeatable)."),
+    loss_opt: Optional[List[str]] = typer.Option(None, help="Loss option KEY=VALUE (repeatable)."),
+    dataset_opt: Optional[List[str]] = typer.Option(None, help="Dataset option KEY=VALUE (repeatable)."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+) -> None:
+    """Train a model and evaluate recall@K on the dataset's test protocol."""
+    from ..config import make_config
+    from ..rundir import new_run_dir
+    from ..training import train as run_training
+
+    with errors_as_exit():
+        config = make_config(
+            recipe,
+            combiner=combiner,
+            combiner_options=parse_options(combiner_opt, "combiner"),
+            image_encoder=image_encoder,
+            image_encoder_options=parse_options(image_encoder_opt, "image encoder"),
+            backbone=backbone,
+            pretrained=pretrained,
+            text_encoder=text_encoder,
+            text_encoder_options=parse_options(text_encoder_opt, "text encoder"),
+            embed_dim=embed_dim,
+            init_from=init_from,
+            dataset=dataset,
+            dataset_options=parse_options(dataset_opt, "dataset"),
+            loss=loss,
+            loss_options=parse_options(loss_opt, "loss"),
+            data_root=data_root,
+            protocol=protocol,
+            steps=steps,
+            batch_size=batch_size,
+            lr=lr,
+            optimizer=optimizer,
+            mods_per_source=mods_per_source,
+            seed=seed,
+            device=device,
+            num_workers=workers,
+            run_dir=str(run_dir) if run_dir else None,
+        )
+        config.validate()
+        what = Path(init_from).stem if init_from else config.model.combiner.name
+        if run_dir is None:  # a new folder of its own, even when runs start in the same second
+            run_dir = new_run_dir("runs", f"{what}-{config.dataset}".replace(":", "_"))
+            config = dataclasses.replace(config, run_dir=str(run_dir))
+        console.print(f"training [bold]{what}[/] on [bold]{config.dataset}[/] for {config.steps} steps "
+                      f"({config.recipe} recipe) -> {run_dir}")
+        result = run_training(config, progress=progress)
+    print_metrics(result.metrics, f"{what} on {config.dataset}")
+    console.print(f"run directory: {result.run_dir}")
+
+
+@app.command()
+def compare(
+    combiners: Optional[List[str]] = typer.Option(None, "--combiner", help="Combiners to compare (repeatable; default: all)."),
+    seeds: int = typer.Option(1, help="Seeds 0..N-1 for every combiner."),
+    seeds_for: Optional[List[str]] = typer.Option(None, help="More seeds for some combiners: NAME=N (repeatable)."),
+    dataset: Optional[str] = typer.Option(None, help="Training and test data (see `list datasets`; default: the recipe's)."),
+    data_root: Optional[str] = typer.Option(None, help="Where the dataset's files are (not for generated datasets)."),
+    dataset_opt: Optional[List[str]] = typer.Option(None, help="Dataset option KEY=VALUE (repeatable)."),
+    recipe: Optional[str] = typer.Option(None, help="Training recipe shared by every run (see `list recipes`)."),
+    steps: Optional[int] = typer.Option(None, help="Training steps (overrides the recipe)."),
+    mods_per_source: Optional[int] = typer.Option(None, help="Different texts of one source in a batch (default: the dataset's)."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda, ..."),
+    out: Path = typer.Option(Path("runs/compare"), help="Run directories and comparison.md / comparison.csv go here."),
+) -> None:
+    """Train every combiner with one recipe and the same seeds; write one table (Markdown and CSV)."""
+    from ..compare import run_comparison, write_tables
+    from ..config import make_config
+
+    with errors_as_exit():
+        names = combiners or registry.list_combiners()
+        for name in names:
+            registry.get_entry("combiner", name)
+        counts = {name: seeds for name in names}
+        for name, n in parse_options(seeds_for, "--seeds-for").items():
+            registry.get_entry("combiner", name)
+            counts[name] = n
+        for name, n in counts.items():
+            check_value("compare", f"seeds of {name}", n, Annotated[int, Range(1, 1000)])
+        base = make_config(
+            recipe, dataset=dataset, data_root=data_root, dataset_options=parse_options(dataset_opt, "dataset"),
+            steps=steps, mods_per_source=mods_per_source, device=device,
+        )
+        base.validate()
+
+        def report(name: str, seed: int, metrics: dict[str, Any]) -> None:
+            console.print(f"{name} seed {seed}: recall@1 {metrics['recall@1']:.4f}")
+
+        rows = run_comparison(base, names, {n: range(counts[n]) for n in names}, out, on_run=report)
+        md, csv_path = write_tables(rows, out)
+    console.print(md.read_text())
+    console.print(f"tables: {md} {csv_path}")
