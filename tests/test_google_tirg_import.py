@@ -142,6 +142,21 @@ def test_imported_model_computes_what_the_original_did(tmp_path, css_root, lastc
         assert _close(model.embed_images(images), scale * nn.functional.normalize(reference.image(images)))
     meta = compose_retrieval.load_checkpoint(out)[1]
     assert meta["recipe"]["dataset"] == "css" and meta["recipe"]["release"].endswith("checkpoint_css3d.pth")
+    # the text encoder was asked, through its options, for google/tirg's words and their order
+    assert {"tokenizer": "ascii", "vocabulary_order": "first_seen"}.items() <= meta["model"]["text_encoder"]["options"].items()
+
+
+def test_the_importer_imports_no_other_plugin():
+    """It builds the lstm text encoder through the registry and its public options, not by importing its classes."""
+    import ast
+
+    import compose_retrieval_google_tirg.importer as importer
+
+    tree = ast.parse(Path(importer.__file__).read_text())
+    imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    imported |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module and not node.level}
+    plugins = {name.split(".")[0] for name in imported if name.startswith("compose_retrieval_")}
+    assert plugins <= {"compose_retrieval_google_tirg"}, plugins
 
 
 def test_import_refuses_code_and_names_what_differs(tmp_path, css_root):

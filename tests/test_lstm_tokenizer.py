@@ -84,11 +84,52 @@ def test_long_texts_are_truncated_to_max_tokens():
     assert short.token_ids(["remove blue triangle"])[0].tolist() == [short.vocabulary.encode("remove blue triangle")[:2]]
 
 
+def _reference_padding(encoded):
+    """The padding token_ids did by hand before pad_sequence: zeros, each row's ids copied in."""
+    lengths = torch.tensor([len(ids) for ids in encoded])
+    padded = torch.zeros(len(encoded), int(lengths.max()), dtype=torch.long)
+    for i, ids in enumerate(encoded):
+        padded[i, : len(ids)] = torch.tensor(ids)
+    return padded, lengths
+
+
+def test_padding_is_what_it_was_by_hand():
+    encoder = _encoder(max_tokens=6).eval()
+    encoder.fit(SAMPLE_TEXTS)
+    texts = ["", "remove blue triangle", "unknownword", "add small red circle to top-left and more words", "!!", "red"]
+    ids, lengths = encoder.token_ids(texts)
+    encoded = [encoder.vocabulary.encode(t)[:6] or [Vocabulary.UNKNOWN] for t in texts]
+    expected_ids, expected_lengths = _reference_padding(encoded)
+    assert ids.dtype == torch.long and torch.equal(ids, expected_ids) and torch.equal(lengths, expected_lengths)
+    assert ids.shape == (6, 6) and lengths.tolist() == [1, 3, 1, 6, 1, 1]
+
+
+def test_vocabulary_order_sorted_by_default_or_first_seen():
+    texts = ["make the circle red", "add a blue square", "make a red square"]
+    default = _encoder()
+    default.fit(texts)
+    assert default.vocabulary_order == "sorted" and default.vocabulary.words == sorted(Vocabulary.from_texts(texts).words)
+    first_seen = _encoder(vocabulary_order="first_seen", tokenizer="ascii")
+    first_seen.fit(texts)
+    assert first_seen.vocabulary.words == Vocabulary.in_order_of(texts, tokenizer="ascii").words
+    assert first_seen.vocabulary.words == ["make", "the", "circle", "red", "add", "a", "blue", "square"]
+    assert first_seen.vocabulary.tokenizer == "ascii"
+
+
+def test_a_first_seen_vocabulary_round_trips_through_a_checkpoint(tmp_path):
+    texts = ["turn the circle green", "add a red square"]
+    model = _tiny_model(texts, vocabulary_order="first_seen")
+    loaded, meta = load_checkpoint(save_checkpoint(model, tmp_path / "model.safetensors"))
+    assert meta["model"]["text_encoder"]["options"]["vocabulary_order"] == "first_seen"
+    assert loaded.text_encoder.vocabulary.words == model.text_encoder.vocabulary.words == "turn the circle green add a red square".split()
+
+
 @pytest.mark.parametrize("options, said", [
     ({"tokenizer": "utf8"}, "tokenizer='utf8' is not one of 'unicode', 'ascii'"),
     ({"max_tokens": 0}, "max_tokens=0 must be between 1 and 4096"),
     ({"max_tokens": 5000}, "max_tokens=5000 must be between 1 and 4096"),
     ({"max_tokens": 8.5}, "max_tokens=8.5 is not int"),
+    ({"vocabulary_order": "frequency"}, "vocabulary_order='frequency' is not one of 'sorted', 'first_seen'"),
 ])
 def test_bad_options_are_refused(options, said):
     with pytest.raises(OptionError) as info:

@@ -15,9 +15,10 @@ with ``torch.save``. Its model (img_text_composition_models.py, E = embed_dim):
 
 SimpleVocab numbers words by first appearance in the training texts (not sorted), with
 '<UNK>' = 0; the checkpoint does not store it, so the importer rebuilds it from the
-dataset: ``Vocabulary.in_order_of(dataset.train_texts(), tokenizer="ascii")``, google/tirg's
-tokenizer, which the saved vocabulary records so that the import tokenises as google/tirg
-did (our default for new training is "unicode"). For css the texts' order is
+dataset: the lstm text encoder, built through the registry with the options
+``tokenizer="ascii"`` (google/tirg's tokenizer, which the saved vocabulary records so that
+the import tokenises as google/tirg did; our default for new training is "unicode") and
+``vocabulary_order="first_seen"``, is fitted on ``dataset.train_texts()``. For css the texts' order is
 the order of the file's modifications, so the rebuild is exact. For fashion200k and
 mitstates google/tirg read the label files / folders in os.listdir order, which depends
 on the authors' file system and is lost; this project reads them in sorted order, so
@@ -129,7 +130,10 @@ def original_spec(state: dict[str, Tensor], combiner: str) -> ModelSpec:
     return ModelSpec(
         combiner=ComponentSpec(combiner),
         image_encoder=ComponentSpec("timm", {"model_name": "resnet18"}),
-        text_encoder=ComponentSpec("lstm", {"word_dim": embed_dim, "hidden_dim": embed_dim, "dropout": 0.1}),
+        text_encoder=ComponentSpec("lstm", {
+            "word_dim": embed_dim, "hidden_dim": embed_dim, "dropout": 0.1,
+            "tokenizer": "ascii", "vocabulary_order": "first_seen",  # SimpleVocab's words and ids
+        }),
         embed_dim=embed_dim,
     )
 
@@ -156,23 +160,21 @@ def import_tirg(
     cache_dir: str | os.PathLike | None = None,
 ) -> Path:
     """Convert google/tirg's checkpoint ``path`` (trained on ``dataset``) into ``<cache>/<name>.safetensors``."""
-    from compose_retrieval_lstm import Vocabulary
-
     if dataset not in RELEASES:
         raise UnknownNameError("dataset for import-tirg", dataset, [d for d in RELEASES if d[:2] == dataset[:2]], list(RELEASES))
     name = name or RELEASES[dataset][0]
     state = read_original(path)
     combiner = combiner_of(state, path)
     data = registry.create("dataset", dataset, data_root=str(data_root))
-    vocabulary = Vocabulary.in_order_of(data.train_texts(), tokenizer="ascii")  # google/tirg's rule; saved with it
+    model = build_model(original_spec(state, combiner), data.preprocessing, for_checkpoint=True)
+    model.text_encoder.fit(data.train_texts())  # SimpleVocab's ids: the spec asks for first-seen order, ascii words
     rows = state.get("text_model.embedding_layer.weight")
-    if rows is not None and rows.shape[0] != len(vocabulary):
+    words = model.state_dict()["text_encoder.embedding.weight"].shape[0]
+    if rows is not None and rows.shape[0] != words:
         raise CheckpointError(
             f"{path} embeds {rows.shape[0]} words but the {dataset} training texts under {data_root} give "
-            f"{len(vocabulary)} (with the unknown word); import with the same training split the checkpoint was trained on"
+            f"{words} (with the unknown word); import with the same training split the checkpoint was trained on"
         )
-    model = build_model(original_spec(state, combiner), data.preprocessing, for_checkpoint=True)
-    model.text_encoder.set_vocabulary(vocabulary)
     load_into(model, map_state(state))
     out = default_cache_dir(cache_dir) / f"{name}.safetensors"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -4,6 +4,7 @@ from typing import Annotated, Any, Iterable, Literal, Sequence
 
 import torch
 from torch import nn
+from torch.nn.utils.rnn import pad_sequence
 
 from compose_retrieval.errors import CheckpointError, DatasetError
 from compose_retrieval import TextEncoder, TextFeatures
@@ -20,7 +21,10 @@ class LSTMTextEncoder(TextEncoder):
     ``hidden_dim``, ``dropout``; ``tokenizer``: "unicode" (the default: any script,
     CJK characters and emoji one token each) or "ascii" (google/tirg's rule, which drops
     every non-ASCII character; see vocabulary.py); ``max_tokens``: a text longer than
-    that is truncated to its first ``max_tokens`` tokens (the rest is not read).
+    that is truncated to its first ``max_tokens`` tokens (the rest is not read);
+    ``vocabulary_order``: how ``fit`` numbers the words, "sorted" (the default) or
+    "first_seen" (by first appearance in the texts, as google/tirg's SimpleVocab, so that
+    the embedding rows of its checkpoints line up).
 
     A checkpoint whose vocabulary records no tokenizer was written before there were
     two and loads with "ascii", the rule it was trained with; a loaded vocabulary's
@@ -30,10 +34,12 @@ class LSTMTextEncoder(TextEncoder):
     def __init__(self, out_dim: int = 512, word_dim: Annotated[int, Range(1, 16384)] = 512,
         hidden_dim: Annotated[int, Range(1, 16384)] = 512, dropout: Annotated[float, Range(0, 0.99)] = 0.1,
         tokenizer: Literal["unicode", "ascii"] = "unicode", max_tokens: Annotated[int, Range(1, 4096)] = 64,
+        vocabulary_order: Literal["sorted", "first_seen"] = "sorted",
     ):
         super().__init__()
         self.out_dim, self.token_dim, self.word_dim = out_dim, hidden_dim, word_dim
         self.max_tokens = max_tokens
+        self.vocabulary_order = vocabulary_order
         self.vocabulary = Vocabulary(tokenizer=tokenizer)
         self.embedding = nn.Embedding(len(self.vocabulary), word_dim)
         self.lstm = nn.LSTM(word_dim, hidden_dim, batch_first=True)
@@ -47,9 +53,10 @@ class LSTMTextEncoder(TextEncoder):
         return self.vocabulary.tokenizer
 
     def fit(self, texts: Iterable[str]) -> None:
-        """A vocabulary of every word in ``texts`` (sorted), split by this encoder's tokenizer."""
+        """A vocabulary of every word in ``texts``, split by this encoder's tokenizer, in ``vocabulary_order``."""
         texts = list(texts)
-        vocabulary = Vocabulary.from_texts(texts, self.tokenizer)
+        build = Vocabulary.in_order_of if self.vocabulary_order == "first_seen" else Vocabulary.from_texts
+        vocabulary = build(texts, self.tokenizer)
         if not vocabulary.words:
             sample = next((t for t in texts if t.strip()), None)
             found = f"{len(texts)} texts, e.g. {sample[:40]!r}" if sample is not None else f"{len(texts)} texts, all empty"
@@ -87,9 +94,8 @@ class LSTMTextEncoder(TextEncoder):
                 ids = self._cache[t] = self.vocabulary.encode(t)[: self.max_tokens] or [Vocabulary.UNKNOWN]
             encoded.append(ids)
         lengths = torch.tensor([len(ids) for ids in encoded])
-        padded = torch.zeros(len(encoded), int(lengths.max()), dtype=torch.long)
-        for i, ids in enumerate(encoded):
-            padded[i, : len(ids)] = torch.tensor(ids)
+        # 0 past a text's end: read by neither the last real state nor the mask
+        padded = pad_sequence([torch.tensor(ids, dtype=torch.long) for ids in encoded], batch_first=True, padding_value=0)
         return padded, lengths
 
     def forward(self, texts: Sequence[str]) -> TextFeatures:
