@@ -24,9 +24,9 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from . import registry
-from .errors import CheckpointError, UnknownNameError, plural
+from .errors import CheckpointError, ComposeRetrievalError, UnknownNameError, plural
 from .preprocessing import Preprocessing
-from .model import ComposedRetrievalModel, ModelSpec, build_model
+from .model import ComponentSpec, ComposedRetrievalModel, ModelSpec, build_model
 
 FORMAT_VERSION = 2  # 2: the metadata holds a sha256 of the tensor data ("tensor_sha256"), checked on load
 _JSON_KEYS = {"model": dict, "extra_state": dict, "preprocessing": dict, "recipe": dict, "metrics": dict, "plugins": dict}
@@ -208,7 +208,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     taken), the checksum of the tensor data, and that every weight is finite.
     """
     meta = read_metadata(path)
-    spec = spec_from_metadata(path, meta["model"])
+    spec = _qualified(spec_from_metadata(path, meta["model"]), meta)
     try:
         preprocessing = Preprocessing.from_dict(meta["preprocessing"]) if meta["preprocessing"] else None
     except (ValueError, KeyError, TypeError) as exc:
@@ -237,6 +237,21 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     model.load_state_dict(state, strict=True)
     model.to(map_location).eval()
     return model, meta
+
+
+def _qualified(spec: ModelSpec, meta: dict[str, Any]) -> ModelSpec:
+    """A component name that two installed plugins register is read as the one the checkpoint recorded making it."""
+    origins = meta.get("plugins") or {}
+    for key in _COMPONENTS:
+        component, origin = getattr(spec, key), origins.get(key)
+        plugin = origin.get("plugin") if isinstance(origin, dict) else None
+        try:
+            name = registry.qualify(_KIND_OF_COMPONENT[key], component.name, plugin if isinstance(plugin, str) else None)
+        except ComposeRetrievalError:
+            continue
+        if name != component.name:
+            setattr(spec, key, ComponentSpec(name, component.options))
+    return spec
 
 
 def spec_from_metadata(path: str | os.PathLike, spec: dict[str, Any]) -> ModelSpec:

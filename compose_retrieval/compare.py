@@ -17,6 +17,8 @@ from .config import TrainConfig, recipe_of
 from .rundir import CHECKPOINT_NAME
 from .training import train
 
+__all__ = ["REPORTED", "run_comparison", "summarise", "to_markdown", "to_csv", "write_tables"]
+
 REPORTED = ("recall@1", "recall@5", "recall@10")
 
 

@@ -7,6 +7,9 @@ import time
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 
+__all__ = ["TrainingProgress"]
+
+
 class TrainingProgress:
     """Context manager; ``advance(loss, images)`` after each step. Disabled: does nothing."""
 

@@ -31,7 +31,7 @@ from .options import annotations_of, check_value
 __all__ = [
     "KINDS", "ENTRY_POINT_GROUP", "ENGINE_ARGUMENTS", "Registered", "get_plugin_manager", "reload_plugins",
     "register_plugin", "unregister_plugin", "list_components", "get_entry", "create", "accepted_options",
-    "check_options", "provenance", "describe", "plugin_package", "list_image_encoders", "list_text_encoders",
+    "check_options", "provenance", "describe", "plugin_package", "qualify", "QUALIFIER", "list_image_encoders", "list_text_encoders",
     "list_combiners", "list_losses", "list_datasets",
 ]
 
@@ -263,6 +263,13 @@ def get_entry(kind: str, name: str) -> Registered:
     bare = name.rpartition(QUALIFIER)[2]
     close = difflib.get_close_matches(name, names, n=3, cutoff=0.6) or [n for n in table.qualified if n.endswith(QUALIFIER + bare)][:3]
     raise UnknownNameError(_display(kind), name, close, names)
+
+
+def qualify(kind: str, name: str, plugin: str | None) -> str:
+    """``PLUGIN:NAME`` when ``name`` is ambiguous and ``plugin`` is one of the plugins that register it (a checkpoint
+    recorded which one made it), else ``name`` unchanged."""
+    entries = _table(kind).ambiguous.get(name, [])
+    return f"{plugin}{QUALIFIER}{name}" if any(e.plugin == plugin for e in entries) else name
 
 
 def create(kind: str, name: str, *args: Any, **options: Any) -> Any:
