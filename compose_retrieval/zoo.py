@@ -1,10 +1,10 @@
 """The model zoo: named checkpoints, resolved to a local safetensors file and loaded.
 
-``load_pretrained("tirg-css-synthetic")`` looks the name up in compose_retrieval/model_zoo/manifest.json
+``load_pretrained("tirg-css-synthetic")`` looks the name up in model_zoo/manifest.json
 and in the entries plugins register (``register_pretrained``), then finds the file:
 
 1. a path to a checkpoint file (or a run directory) is used as it is;
-2. a file shipped in compose_retrieval/model_zoo/ (package data) is used from there, whatever
+2. a file shipped in model_zoo/ (package data) is used from there, whatever
    the cache holds under that name;
 3. a name already in the cache directory (``cache_dir`` argument, else the environment
    variable COMPOSE_RETRIEVAL_CACHE, else ~/.cache/compose-retrieval) is used from there
@@ -25,6 +25,7 @@ import contextlib
 import difflib
 import fnmatch
 import hashlib
+import importlib.resources
 import json
 import os
 import socket
@@ -54,8 +55,9 @@ SUFFIX = ".safetensors"
 
 
 def zoo_dir() -> Path:
-    """compose_retrieval/model_zoo/: the manifest and the shipped checkpoints (package data in a wheel)."""
-    return Path(__file__).resolve().parent / "model_zoo"
+    """The zoo's folder: model_zoo/ at the top of the repository, installed as the package data of
+    ``compose_retrieval.model_zoo`` (the manifest and the shipped checkpoints travel in a wheel)."""
+    return Path(str(importlib.resources.files("compose_retrieval.model_zoo")))
 
 
 @dataclass
@@ -73,7 +75,7 @@ class PretrainedEntry:
     metrics: dict[str, Any] = field(default_factory=dict)
     command: str | None = None  # what reproduces (or produces) the file
     source_url: str | None = None  # where the original of an imported checkpoint is published
-    source: str = "compose_retrieval/model_zoo/manifest.json"
+    source: str = "model_zoo/manifest.json"
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str) -> "PretrainedEntry":

@@ -144,3 +144,17 @@ def test_the_engine_names_no_plugin():
                     found.append(f"{path.relative_to(REPO_ROOT)}:{node.lineno}: {node.value!r}")
     assert not found, "the engine names plugins:\n" + "\n".join(found)
     assert str(torch.device("cpu")) in devices
+
+
+def test_every_plugin_folder_is_a_package_of_the_distribution():
+    """pyproject lists the packages (model_zoo/ is mapped into compose_retrieval): a new plugin folder must join them."""
+    import tomllib
+
+    setuptools = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    folders = {p.name for p in (REPO_ROOT / "plugins").iterdir() if (p / "__init__.py").exists()}
+    assert folders <= set(setuptools["packages"]), f"add {sorted(folders - set(setuptools['packages']))} to pyproject's packages"
+    assert all(setuptools["package-dir"][name] == f"plugins/{name}" for name in folders)
+    engine = {_module_name(p.parent, REPO_ROOT) for p in ENGINE.rglob("__init__.py")}
+    assert engine <= set(setuptools["packages"]), f"add {sorted(engine - set(setuptools['packages']))} to pyproject's packages"
+    assert setuptools["package-dir"]["compose_retrieval.model_zoo"] == "model_zoo"
+    assert (REPO_ROOT / "model_zoo" / "manifest.json").is_file()
