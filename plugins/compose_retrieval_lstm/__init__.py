@@ -9,6 +9,8 @@ from compose_retrieval import hookimpl
 from .encoder import LSTMTextEncoder
 from .vocabulary import TOKENIZERS, Vocabulary, ascii_tokenize, unicode_tokenize
 
+__all__ = ["LSTMTextEncoder", "TOKENIZERS", "Vocabulary", "ascii_tokenize", "unicode_tokenize"]
+
 
 @hookimpl
 def register_text_encoders(register):
