@@ -1,4 +1,9 @@
-"""The losses against naive double loops written from REFERENCE.md section 4."""
+"""The losses against naive double loops written from the TIRG paper's section 3.3.
+
+The loss contract (a finite scalar, gradients into both sides, matches below
+mismatches, B = 2, config round trip) is compose_retrieval.testing's check_loss, run
+over the registry by tests/test_contracts.py.
+"""
 
 from __future__ import annotations
 
@@ -89,8 +94,6 @@ def test_loss_value_and_gradients_match_naive_loops(name, similarity, batch):
     torch.testing.assert_close(got, expected)
     torch.testing.assert_close(q1.grad, q2.grad)
     torch.testing.assert_close(t1.grad, t2.grad)
-    # the gradients reach both sides (a loss that detached one side would pass the value check)
-    assert q1.grad.abs().sum() > 0 and t1.grad.abs().sum() > 0
 
 
 @pytest.mark.parametrize("name,similarity", CASES)
