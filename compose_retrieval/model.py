@@ -82,7 +82,7 @@ class ModelSpec:
 
 
 class NormalizationLayer(nn.Module):
-    """x -> scale * x / ||x||, with a learnable scale (REFERENCE.md section 2, initialised to 4.0)."""
+    """x -> scale * x / ||x||, with a learnable scale (google/tirg's NormalizationLayer, initialised to 4.0)."""
 
     def __init__(self, scale: float = 4.0, learn_scale: bool = True):
         super().__init__()

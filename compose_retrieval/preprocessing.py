@@ -27,7 +27,7 @@ class Preprocessing:
     """How raw images become model inputs; stored in every checkpoint.
 
     ``resize`` is "resize_center_crop" (torchvision Resize(image_size) of the shorter
-    side, then CenterCrop(image_size): the real-image datasets of REFERENCE section 5)
+    side, then CenterCrop(image_size): google/tirg's real-image datasets)
     or "none" (ToTensor + normalisation only, as google/tirg feeds CSS: images must
     already be image_size x image_size). ``__call__`` applies the rule and the
     normalisation to one (3, H, W) uint8 image.

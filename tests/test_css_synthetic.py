@@ -15,7 +15,7 @@ from conftest import TINY_DATASET
 
 ROWS = ("top", "middle", "bottom")
 COLS = ("left", "center", "right")
-# REFERENCE.md section 7
+# google/tirg's CSS colours (datasets.py of google/tirg)
 REFERENCE_RGB = {
     "gray": (87, 87, 87), "red": (244, 35, 35), "blue": (42, 75, 215), "green": (29, 205, 20),
     "brown": (129, 74, 25), "purple": (129, 38, 192), "cyan": (41, 208, 208), "yellow": (255, 238, 51),
@@ -100,7 +100,7 @@ def test_render_reference_colours_and_sizes():
     for y, x in [(0, 0), (2, 61), (60, 3), (63, 63), (32, 2), (5, 32)]:
         assert tuple(large[:, y, x]) == WHITE
 
-    # every colour of REFERENCE.md at the centre of its object
+    # every colour of google/tirg's CSS at the centre of its object
     for color, rgb in REFERENCE_RGB.items():
         image = render_2d(single_object_scene(centre, color, "circle", "large")[None], 64)[0]
         assert tuple(image[:, 32, 32]) == rgb, color

@@ -1,5 +1,5 @@
 """Import of google/tirg checkpoints: a state dict with the original names and shapes, built from the
-reference architecture (REFERENCE.md sections 2-3, google/tirg's modules re-stated here), imports into
+reference architecture (google/tirg's img_text_composition_models.py, re-stated here), imports into
 a model whose image, text and composed embeddings equal the reference computation."""
 
 from __future__ import annotations

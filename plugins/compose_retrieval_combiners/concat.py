@@ -13,7 +13,7 @@ class Concat(Combiner):
     """An MLP on the concatenated image and text vectors (the paper's "concat" baseline).
 
     BN(2d) -> ReLU -> Linear(2d, 2d) -> BN -> ReLU -> Dropout -> Linear(2d, d), as in
-    REFERENCE.md section 3 and google/tirg. Options: ``dropout`` (0.1).
+    the paper and google/tirg. Options: ``dropout`` (0.1).
     """
 
     def __init__(

@@ -104,7 +104,7 @@ class CSS(FileDataset):
     and images/css_<split>_<idx:06d>.png. The dict is a Python pickle (the published
     format); it is read by a restricted unpickler that accepts only plain containers,
     strings, numbers and numpy arrays, so a hostile file runs nothing (cssfiles.py;
-    `compose-retrieval data make-css` writes one from css-synthetic). Protocols (REFERENCE section 6): "3d" (queries and
+    `compose-retrieval data make-css` writes one from css-synthetic). Protocols (the paper's section 4.1): "3d" (queries and
     gallery are the PNG renders) and "2d-to-3d" (the query image is the flat 2D drawing
     of the scene, drawn from its objects; the gallery is rendered). A query's own
     source is not ranked; a hit is any gallery image with the target's scene label, so

@@ -65,8 +65,8 @@ class CSSSynthetic(Dataset):
     split appears in the train split. Every source therefore has ``mods_per_scene``
     one-edit neighbours in the gallery, and only the text says which one is meant: an
     image-only query can do no better than about 1 / mods_per_scene at recall@1, as in
-    CSS, where a scene has many one-edit neighbours. Test protocol "2d" (REFERENCE.md
-    section 6): the gallery is every test image, a query's own source image is
+    CSS, where a scene has many one-edit neighbours. Test protocol "2d" (the paper's
+    CSS protocol): the gallery is every test image, a query's own source image is
     excluded, and a hit is any gallery image of the target's scene (duplicates of a
     scene share its label).
 

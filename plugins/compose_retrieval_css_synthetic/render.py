@@ -1,6 +1,6 @@
 """Flat 2D drawings of scenes: a white canvas with coloured rectangles, circles and triangles.
 
-Follows REFERENCE.md section 7: a 64 x 64 canvas, an object of half-size 4 px (8 px
+Follows google/tirg's CSS rendering: a 64 x 64 canvas, an object of half-size 4 px (8 px
 when large) centred at its grid position, one RGB colour per colour name. Objects sit
 on a fixed grid and never overlap, so each cell's window is drawn once for every
 possible object (a "stamp", computed with array operations) and a scene is rendered

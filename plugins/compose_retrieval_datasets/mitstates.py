@@ -21,7 +21,7 @@ TEST_NOUNS = frozenset(
 class MITStates(FileDataset):
     """MIT-States (Isola et al., CVPR 2015), the retrieval split of the TIRG paper.
 
-    Images are images/<adjective noun>/*; the 49 test nouns (REFERENCE section 7) are
+    Images are images/<adjective noun>/*; the 49 test nouns (google/tirg's datasets.py) are
     the test split, every other noun trains. Training: an image of "adj1 noun" and the
     text "adj2" -> a random image of "adj2 noun", adj2 drawn among the noun's other
     adjectives. Test: one query per other adjective seen with the noun, against every

@@ -23,7 +23,7 @@ the order of the file's modifications, so the rebuild is exact. For fashion200k 
 mitstates google/tirg read the label files / folders in os.listdir order, which depends
 on the authors' file system and is lost; this project reads them in sorted order, so
 word ids can differ from the authors' run (the likely cause of the "R@1 2.7 instead of
-16" report, REFERENCE.md section 8): evaluate the imported model before trusting it.
+16" report in google/tirg's README): evaluate the imported model before trusting it.
 """
 
 from __future__ import annotations
