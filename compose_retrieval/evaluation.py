@@ -12,8 +12,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Subset
 
 from . import registry
-from .checkpoint import load_checkpoint
-from .errors import CheckpointError, OptionError
+from .checkpoint import check_loaded_options, install_hint, load_checkpoint
+from .errors import CheckpointError, OptionError, UnknownNameError
 from .protocol import RetrievalProtocol
 from .model import ComposedRetrievalModel
 from .options import Range, check_value
@@ -136,7 +136,6 @@ def evaluate_checkpoint(
     dataset and its options but never chooses the files that are read, so a checkpoint
     that recorded a data root needs it given again (the error says which it was).
     """
-    from .checkpoint import check_loaded_options
     from .devices import resolve_device
     from .zoo import resolve
 
@@ -157,6 +156,11 @@ def evaluate_checkpoint(
     if not isinstance(options, dict):
         raise CheckpointError(f"{path} records dataset options that are not a mapping")
     options = dict(options)
+    try:
+        registry.get_entry("dataset", recipe["dataset"])
+    except UnknownNameError as exc:
+        raise CheckpointError(f"{path} was trained on the dataset {recipe['dataset'][:100]!r}, which no installed plugin "
+                              f"provides; {install_hint(meta, ('dataset',), exc)}") from None
     accepted = registry.accepted_options("dataset", recipe["dataset"])
     for key in [k for k in options if accepted is not None and k not in accepted]:
         warnings.warn(f"{path} records the dataset option {key}={options.pop(key)!r}, which {recipe['dataset']!r} no longer takes; evaluating without it")

@@ -141,3 +141,26 @@ def test_two_packages_declaring_one_plugin_name_keep_the_first_and_say_so(tmp_pa
         with pytest.warns(RuntimeWarning, match="'same' is declared by the packages 'first-pkg' and 'second-pkg'"):
             registry.get_plugin_manager()
         assert registry.plugin_package("same") == "first-pkg"
+
+
+def test_a_checkpoint_of_a_missing_dataset_plugin_says_what_to_install(tmp_path):
+    """The checkpoint records which package provided its dataset: evaluating it without that package says so."""
+    plugin = '''
+from compose_retrieval import hookimpl
+from compose_retrieval_css_synthetic import CSSSynthetic
+
+
+@hookimpl
+def register_datasets(register):
+    register("shapes-of-mine", CSSSynthetic)
+'''
+    write_dist_info(tmp_path / "pkgs", "shapes-pkg", "3.0", "[compose_retrieval]\nshapes = compose_retrieval_example_shapes\n")
+    (tmp_path / "pkgs" / "compose_retrieval_example_shapes.py").write_text(plugin)
+    with plugin_paths(tmp_path / "pkgs"):
+        result = invoke("train", *TINY_CLI_MODEL, "--dataset", "shapes-of-mine", "--dataset-opt", "image_size=32",
+                        "--dataset-opt", "train_scenes=16", "--dataset-opt", "test_scenes=8", "--run-dir", tmp_path / "run")
+        assert result.exit_code == 0, result.output
+    meta = compose_retrieval.checkpoint.read_metadata(tmp_path / "run" / CHECKPOINT_NAME)
+    assert meta["plugins"]["dataset"] == {"plugin": "shapes", "package": "shapes-pkg"}
+    assert_one_line_error(invoke("evaluate", tmp_path / "run", "--device", "cpu"),
+                          "dataset 'shapes-of-mine', which no installed plugin provides", "pip install shapes-pkg")
