@@ -414,8 +414,9 @@ def check_loss(factory: Callable[..., Loss], **options: Any) -> None:
     (B, D) rows, L2-normalised and multiplied by a scale of about 4, row i of the
     queries matching row i of the targets.
 
-    Rules: it is a ``Loss``; it returns a finite scalar (0-d) tensor; the gradient
-    reaches both the queries and the targets; it leaves its inputs unchanged; matching
+    Rules: it is a ``Loss``; it returns a finite scalar (0-d) tensor; on unrelated
+    queries and targets (training's start) the gradient reaches both; it leaves its
+    inputs unchanged; matching
     rows (targets = queries + small noise) give a lower loss than the same targets
     shuffled; a batch of 2 works; ``config()`` is JSON-able and a fresh instance built
     from it (with the ``state_dict``) gives the same value.
@@ -430,7 +431,8 @@ def check_loss(factory: Callable[..., Loss], **options: Any) -> None:
         loss.train()
         queries = SCALE * F.normalize(torch.randn(8, LOSS_DIM), dim=1)
         targets = SCALE * F.normalize(queries + 0.3 * torch.randn(8, LOSS_DIM), dim=1)
-        q, t = queries.clone().requires_grad_(), targets.clone().requires_grad_()
+        unrelated = SCALE * F.normalize(torch.randn(8, LOSS_DIM), dim=1)  # as at the start of training
+        q, t = queries.clone().requires_grad_(), unrelated.clone().requires_grad_()
         with _step(subject, f"forward(queries, targets) on a batch of 8 x {LOSS_DIM}",
                    "forward takes two (B, D) tensors and returns a scalar"):
             value = loss(q, t)
@@ -438,12 +440,13 @@ def check_loss(factory: Callable[..., Loss], **options: Any) -> None:
                  f"{type(value).__name__ if not isinstance(value, Tensor) else 'shape ' + str(tuple(value.shape))}; "
                  "return a scalar (0-d) tensor, e.g. the mean over the batch")
         _finite(subject, value, "the loss")
-        _require(torch.equal(q.detach(), queries) and torch.equal(t.detach(), targets), f"{subject}: forward changed "
-                 "its inputs in place; compute on copies (the engine reuses the embeddings)")
+        _require(torch.equal(q.detach(), queries) and torch.equal(t.detach(), unrelated), f"{subject}: forward "
+                 "changed its inputs in place; compute on copies (the engine reuses the embeddings)")
         value.backward()
-        _require(_reached(q), f"{subject}: no gradient reaches the queries; do not detach them")
-        _require(_reached(t), f"{subject}: no gradient reaches the targets; do not detach them (the image encoder "
-                 "learns from both sides)")
+        _require(_reached(q), f"{subject}: on unrelated queries and targets no gradient reaches the queries; do not "
+                 "detach them")
+        _require(_reached(t), f"{subject}: on unrelated queries and targets no gradient reaches the targets; do not "
+                 "detach them (the image encoder learns from both sides)")
 
         with torch.no_grad():
             matched = loss(queries, targets)
