@@ -134,7 +134,7 @@ def _train(config: TrainConfig, run_dir: Path | None, progress: bool, on_log) ->
     if checkpoint:
         save_checkpoint(model, checkpoint, metrics=metrics, recipe=recipe)
     try:
-        metrics = {**evaluate(model, protocol, batch_size=config.eval_batch_size, device=device), **metrics}
+        metrics = {**evaluate(model, protocol, batch_size=config.eval_batch_size, device=device, num_workers=config.num_workers), **metrics}
     except Exception as exc:
         if checkpoint:
             kind = DatasetError if isinstance(exc, DatasetError) else ComposeRetrievalError

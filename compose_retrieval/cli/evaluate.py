@@ -19,13 +19,15 @@ def evaluate(
     protocol: Optional[str] = typer.Option(None, help="Test protocol (default: the one the model was evaluated on)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, ..."),
     batch_size: int = typer.Option(256, help="Images per forward pass."),
+    workers: int = typer.Option(0, help="DataLoader processes decoding images (helps with image files, not in-memory data)."),
     json_output: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
 ) -> None:
     """Evaluate a saved model on the test protocol of the dataset it was trained on."""
     from ..evaluation import evaluate_checkpoint
 
     with errors_as_exit():
-        metrics = evaluate_checkpoint(path, data_root=data_root, protocol=protocol, device=device, batch_size=batch_size)
+        metrics = evaluate_checkpoint(path, data_root=data_root, protocol=protocol, device=device, batch_size=batch_size,
+                                      num_workers=workers)
     if json_output:
         typer.echo(json.dumps(metrics))
     else:
