@@ -536,7 +536,7 @@ def check_image_encoder(factory: Callable[..., ImageEncoder], *, out_dim: int = 
         _require(not trainable or any(p.grad is not None and p.grad.abs().sum() > 0 for p in trainable),
                  f"{subject}: no gradient reaches its parameters from pooled; do not detach the features")
         _require(_reached(leaf), f"{subject}: no gradient reaches the images from pooled; the embedding must be "
-                 "computed from the images (film-style combiners train through it)")
+                 "computed from the images (a combiner that conditions the encoder trains through it)")
 
         own = {id(m) for m in encoder.modules()}
         with _step(subject, "backbone()", "return None or the module that may carry pretrained weights"):
@@ -569,7 +569,8 @@ def check_image_encoder(factory: Callable[..., ImageEncoder], *, out_dim: int = 
             _require(isinstance(output, Tensor) and output.dim() == 4 and output.shape[1] == declared,
                      f"{subject}: feature block {k} declares {declared} channels but its output is "
                      f"{tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__}; list only blocks "
-                     "whose outputs are (B, channels, H, W) maps in forward's path (film scales their channels)")
+                     "whose outputs are (B, channels, H, W) maps in forward's path (a combiner conditioning the "
+                     "encoder modulates their channels)")
         _require(_close(headed, reference.pooled), f"{subject}: head(features(x)) differs from forward(x).pooled (by "
                  f"{_max_difference(headed, reference.pooled)}); pooled must be head(feature_map): map-editing "
                  "combiners pass their map through head")
@@ -629,7 +630,7 @@ def check_text_encoder(factory: Callable[..., TextEncoder], *, out_dim: int = EM
                  f"with out_dim={out_dim}; embed into the out_dim the engine passes")
         token_dim = getattr(encoder, "token_dim", None)
         _require(isinstance(token_dim, int) and token_dim > 0, f"{subject}: token_dim is {token_dim!r}; set it to the "
-                 "size of the per-token states (combiners such as show_and_tell are sized by it)")
+                 "size of the per-token states (combiners that read the tokens are sized by it)")
         with _step(subject, "fit(training texts)", "fit learns what depends on the training texts, or does nothing"):
             encoder.fit(list(FIT_TEXTS))
 
