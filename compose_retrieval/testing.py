@@ -24,6 +24,11 @@ how to fix it. Call them from pytest in your plugin's repository::
         root = write_a_tiny_layout(tmp_path)  # a few images in your dataset's layout
         check_dataset(MyDataset(data_root=str(root), image_size=32))
 
+Every component check also checks ``config()`` as a checkpoint will use it: JSON-able,
+naming only options the factory takes (never the sizes the engine passes), each value
+of its annotated type, a path or URL only in an option ``path_options`` declares; a
+fresh instance built from it must load the ``state_dict`` and give the same output.
+
 Keep the options small (narrow layers, a few dozen images): the checks build the
 component once or twice and run it on batches of four. They seed their own random
 numbers and restore torch's generator afterwards. Every check runs on the CPU.
@@ -178,10 +183,17 @@ def _loadable_options(subject: str, factory: Any, config: Any) -> dict[str, Any]
         _require(takes_any or key in parameters, f"{subject}: config() records {key!r}, which the factory does not take; "
                  "return only the factory's own keyword arguments")
     hints = annotations_of(factory)
+    from .checkpoint import _path_like  # the rule checkpoint loading applies to a component's options
+
+    declared = set(getattr(factory, "path_options", ()))
     for key, value in options.items():
         with _step(subject, f"the option check of config()'s {key}={value!r} (after JSON)",
                    "make config() return values of the types the factory's annotations declare, after a JSON round trip"):
             check_value(subject, key, value, hints.get(key))
+        found = None if key in declared else _path_like(value)
+        _require(found is None, f"{subject}: config() records {key}={found!r:.80}, a path or URL, in an option "
+                 "path_options does not declare, so a checkpoint with it is refused; declare the option in "
+                 "path_options (only if the component reads that file without running code) or record something else")
     loading = getattr(factory, "options_for_loading", None)
     if loading is not None:
         with _step(subject, "options_for_loading(config())", "return the options that rebuild the architecture"):

@@ -334,14 +334,33 @@ class _NotScalar(Loss):
         return ((queries - targets) ** 2).sum(1)
 
 
-@pytest.mark.parametrize("loss,match", [
-    (_DetachesTargets, "no gradient reaches the targets"),
-    (_RewardsMismatch, "not less than the same targets shuffled"),
-    (_NotScalar, r"scalar \(0-d\)"),
+class _RecordsAPath(Loss):
+    """An option naming a file: a checkpoint refuses it unless path_options declares it."""
+
+    def __init__(self, table: str = "tables/weights.txt"):
+        super().__init__()
+
+    def forward(self, queries, targets):
+        return torch.nn.functional.cross_entropy(queries @ targets.T, torch.arange(len(queries)))
+
+
+class _DeclaresItsPath(_RecordsAPath):
+    path_options = ("table",)
+
+
+def test_check_loss_passes_a_path_only_in_a_declared_option():
+    check_loss(_DeclaresItsPath, table="tables/weights.txt")
+
+
+@pytest.mark.parametrize("loss,options,match", [
+    (_RecordsAPath, {"table": "tables/weights.txt"}, "a path or URL, in an option path_options does not declare"),
+    (_DetachesTargets, {}, "no gradient reaches the targets"),
+    (_RewardsMismatch, {}, "not less than the same targets shuffled"),
+    (_NotScalar, {}, r"scalar \(0-d\)"),
 ])
-def test_check_loss_names_the_broken_rule(loss, match):
+def test_check_loss_names_the_broken_rule(loss, options, match):
     with pytest.raises(AssertionError, match=match):
-        check_loss(loss)
+        check_loss(loss, **options)
 
 
 class _Doubled(_TinyImageEncoder):
