@@ -71,10 +71,12 @@ class ImageEncoder(Component):
         raise NotImplementedError
 
     def feature_blocks(self) -> list[tuple[nn.Module, int]]:
-        """(module, channels) of the blocks whose outputs are the successive feature maps.
+        """(module, channels) of the blocks whose outputs are the successive feature maps, (B, channels, H, W) each.
 
-        The last is the map ``features`` returns. A combiner that conditions the CNN
-        itself (film) hooks these modules. Default: none exposed.
+        In order from the input; the last is usually the stage that makes the map ``features``
+        returns (a head convolution may follow it). A combiner that conditions the CNN itself
+        (film) hooks these modules. Default: none exposed (an encoder whose blocks output
+        tokens, not maps, exposes none).
         """
         return []
 

@@ -239,8 +239,13 @@ def list_components(kind: str, pattern: str = "*") -> list[str]:
     A name that two plugins register is listed in its qualified forms (``PLUGIN:NAME``), the ones that work.
     """
     table = _table(kind)
-    names = list(table.unique) + [f"{e.plugin}{QUALIFIER}{n}" for n, entries in table.ambiguous.items() for e in entries]
-    return sorted(n for n in names if fnmatch.fnmatchcase(n, pattern))
+    names = [n for n in table.unique if fnmatch.fnmatchcase(n, pattern)]
+    for bare, entries in table.ambiguous.items():
+        for e in entries:
+            qualified = f"{e.plugin}{QUALIFIER}{bare}"
+            if fnmatch.fnmatchcase(bare, pattern) or fnmatch.fnmatchcase(qualified, pattern):
+                names.append(qualified)
+    return sorted(names)
 
 
 def get_entry(kind: str, name: str) -> Registered:
@@ -261,7 +266,8 @@ def get_entry(kind: str, name: str) -> Registered:
         )
     names = list_components(kind)
     bare = name.rpartition(QUALIFIER)[2]
-    close = difflib.get_close_matches(name, names, n=3, cutoff=0.6) or [n for n in table.qualified if n.endswith(QUALIFIER + bare)][:3]
+    close = difflib.get_close_matches(name, [*table.unique, *table.ambiguous, *table.qualified], n=3, cutoff=0.6) \
+        or [n for n in table.qualified if n.endswith(QUALIFIER + bare)][:3]
     raise UnknownNameError(_display(kind), name, close, names)
 
 

@@ -91,6 +91,10 @@ def test_the_bare_name_is_ambiguous_and_the_qualified_name_picks_each(two_confli
     assert type(compose_retrieval.create("combiner", "example_a:tirg", 8, 8, 8)).__name__ == "Sum"
     assert type(compose_retrieval.create("combiner", "example_a:shared_name", 8, 8, 8)).__name__ == "Product"
     assert type(compose_retrieval.create("combiner", "example_b:shared_name", 8, 8, 8)).__name__ == "Other"
+    # wildcards match the bare name of an ambiguous one too, and a misspelling still finds it
+    assert compose_retrieval.list_combiners("tirg*") == ["combiners:tirg", "example_a:tirg", "tirg_lastconv"]
+    with pytest.raises(compose_retrieval.UnknownNameError, match="Did you mean 'tirg'"):
+        registry.get_entry("combiner", "tirgg")
     # a qualified name always works, conflict or not
     assert type(compose_retrieval.create("combiner", "combiners:concat", 8, 8, 8)).__name__ == "Concat"
 

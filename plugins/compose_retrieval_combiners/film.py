@@ -31,7 +31,8 @@ class FiLM(Combiner):
         if image_dim != embed_dim:
             raise OptionError(f"film returns the image embedding, so image_dim ({image_dim}) must equal embed_dim ({embed_dim})")
         if not block_channels:
-            raise OptionError("film needs an image encoder that exposes its feature blocks (feature_blocks())")
+            raise OptionError("film conditions the image encoder's feature maps, and this encoder exposes none "
+                              "(a token model such as a ViT, or an encoder without feature_blocks()); choose a CNN backbone")
         n = len(block_channels)
         self.blocks = sorted({b % n for b in blocks if -n <= b < n})
         if len(self.blocks) != len(blocks):

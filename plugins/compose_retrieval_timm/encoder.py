@@ -93,6 +93,10 @@ class TimmImageEncoder(ImageEncoder):
         return x
 
     def feature_blocks(self) -> list[tuple[nn.Module, int]]:
+        """The stages of a CNN. A token model (a patch embedding: ViT, Swin, ...) exposes none: its blocks output
+        tokens, not (B, C, H, W) maps, so a combiner that conditions maps (film) refuses it up front."""
+        if hasattr(self.body, "patch_embed"):
+            return []
         info = getattr(self.body, "feature_info", None) or []
         return [(self.body.get_submodule(i["module"]), i["num_chs"]) for i in info if i.get("module")]
 
