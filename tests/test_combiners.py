@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import compose_retrieval
-from compose_retrieval import ComposeRetrievalError
+from compose_retrieval import ComponentSpec, ComposeRetrievalError, ModelSpec
 from compose_retrieval.checkpoint import load_checkpoint, read_metadata, save_checkpoint
 
 from conftest import EMBED_DIM, SAMPLE_TEXTS, tiny_model
@@ -105,3 +105,12 @@ def test_checkpoint_round_trip(combiner_name, tmp_path):
     with torch.no_grad():
         assert torch.equal(loaded.compose(images, texts), model.compose(images, texts))
         assert torch.equal(loaded.embed_images(images), model.embed_images(images))
+
+
+def test_film_refuses_a_token_backbone_up_front():
+    """A ViT's blocks output tokens, not maps: the timm encoder exposes none, and film says so instead of crashing."""
+    from compose_retrieval import OptionError
+
+    spec = ModelSpec(ComponentSpec("film"), ComponentSpec("timm", {"model_name": "test_vit"}), ComponentSpec("lstm"), 64)
+    with pytest.raises(OptionError, match="exposes none .* choose a CNN backbone"):
+        compose_retrieval.build_model(spec)
