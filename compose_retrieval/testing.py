@@ -488,6 +488,15 @@ def check_loss(factory: Callable[..., Loss], **options: Any) -> None:
 # ----------------------------------------------------------------------------- image encoder
 
 
+def _build_encoder(subject: str, factory: Any, out_dim: int, options: dict[str, Any], base: type) -> Any:
+    """An encoder built as the engine builds it (``out_dim`` passed), remembering its options, embedding into out_dim."""
+    encoder = _build(subject, factory, (), {"out_dim": out_dim, **options}, base)
+    _remember(encoder, options)
+    _require(encoder.out_dim == out_dim, f"{subject}: out_dim is {getattr(encoder, 'out_dim', None)!r} when built "
+             f"with out_dim={out_dim}; embed into the out_dim the engine passes")
+    return encoder
+
+
 def check_image_encoder(factory: Callable[..., ImageEncoder], *, out_dim: int = EMBED_DIM, input_size: int = 32,
                         **options: Any) -> None:
     """Check an image encoder against the contract of ``compose_retrieval.ImageEncoder``.
@@ -512,10 +521,7 @@ def check_image_encoder(factory: Callable[..., ImageEncoder], *, out_dim: int = 
     """
     subject = f"image encoder {_name(factory)}"
     with _seeded():
-        encoder = _build(subject, factory, (), {"out_dim": out_dim, **options}, ImageEncoder)
-        _remember(encoder, options)
-        _require(encoder.out_dim == out_dim, f"{subject}: out_dim is {getattr(encoder, 'out_dim', None)!r} when built "
-                 f"with out_dim={out_dim}; embed into the out_dim the engine passes")
+        encoder = _build_encoder(subject, factory, out_dim, options, ImageEncoder)
         channels = getattr(encoder, "map_channels", None)
         _require(isinstance(channels, int) and channels > 0, f"{subject}: map_channels is {channels!r}; set it to the "
                  "number of channels of the feature map (combiners are sized by it)")
@@ -636,10 +642,7 @@ def check_text_encoder(factory: Callable[..., TextEncoder], *, out_dim: int = EM
     """
     subject = f"text encoder {_name(factory)}"
     with _seeded():
-        encoder = _build(subject, factory, (), {"out_dim": out_dim, **options}, TextEncoder)
-        _remember(encoder, options)
-        _require(encoder.out_dim == out_dim, f"{subject}: out_dim is {getattr(encoder, 'out_dim', None)!r} when built "
-                 f"with out_dim={out_dim}; embed into the out_dim the engine passes")
+        encoder = _build_encoder(subject, factory, out_dim, options, TextEncoder)
         token_dim = getattr(encoder, "token_dim", None)
         _require(isinstance(token_dim, int) and token_dim > 0, f"{subject}: token_dim is {token_dim!r}; set it to the "
                  "size of the per-token states (combiners that read the tokens are sized by it)")
