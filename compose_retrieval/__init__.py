@@ -29,6 +29,8 @@ from .registry import (
 from .model import ComponentSpec, ComposedRetrievalModel, ModelSpec, build_model
 from .checkpoint import load_checkpoint, save_checkpoint
 from .zoo import list_pretrained, load_pretrained, save_pretrained
+from .config import TrainConfig, make_config
+from .training import train
 
 __version__ = "0.1.0"
 
@@ -42,5 +44,6 @@ __all__ = [
     "list_text_encoders", "register_plugin", "reload_plugins", "unregister_plugin",
     "ComponentSpec", "ComposedRetrievalModel", "ModelSpec", "build_model",
     "load_checkpoint", "save_checkpoint", "list_pretrained", "load_pretrained", "save_pretrained",
+    "TrainConfig", "make_config", "train",
     "__version__",
 ]

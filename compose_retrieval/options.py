@@ -52,6 +52,13 @@ def _type_name(annotation: Any) -> str:
         return "null"
     if annotation is bool:
         return "true or false"
+    args = [a for a in typing.get_args(annotation) if a is not Ellipsis]
+    if origin in (list, tuple, abc.Sequence) and args:
+        return f"a list of {_type_name(args[0])}"
+    if origin in (list, tuple, abc.Sequence):
+        return "a list"
+    if origin in (dict, abc.Mapping):
+        return "a mapping"
     return getattr(origin or annotation, "__name__", str(annotation))
 
 

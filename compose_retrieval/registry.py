@@ -25,7 +25,7 @@ from typing import Any, Callable
 import pluggy
 
 from . import hookspecs
-from .errors import ComposeRetrievalError, DuplicateNameError, OptionError, UnknownNameError
+from .errors import ComposeRetrievalError, DuplicateNameError, OptionError, UnknownNameError, plural
 from .options import annotations_of, check_value
 
 __all__ = [
@@ -207,7 +207,7 @@ def _table(kind: str) -> _Table:
             for entries in found.values():
                 entries[:] = [e for e in entries if e.plugin != plugin_name]
             _warn_at_plugin(
-                f"compose_retrieval plugin {plugin_name!r} failed in {KINDS[kind]} and its {_display(kind)}s were skipped: "
+                f"compose_retrieval plugin {plugin_name!r} failed in {KINDS[kind]} and its {plural(_display(kind))} were skipped: "
                 f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}; {_what_to_do(plugin_name)}",
                 exc, getattr(impl.plugin, "__name__", plugin_name),
             )
@@ -324,7 +324,8 @@ def check_options(kind: str, name: str, options: dict[str, Any], *, engine_argum
         if key in ENGINE_ARGUMENTS and key in accepted and not engine_arguments:
             raise OptionError(
                 f"{_display(kind)} {entry.name!r}: {key!r} is set by the engine, not as an option"
-                f" (sizes follow --embed-dim and the encoders). Its options: {', '.join(settable) or 'none'}."
+                f" ({'give --data-root DIR' if key == 'data_root' else 'sizes follow --embed-dim and the encoders'})."
+                f" Its options: {', '.join(settable) or 'none'}."
             )
         if key not in accepted:
             close = difflib.get_close_matches(key, settable, n=1)

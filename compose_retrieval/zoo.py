@@ -31,6 +31,7 @@ import os
 import socket
 import sys
 import tempfile
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -94,6 +95,10 @@ def _entries() -> dict[str, PretrainedEntry]:
             raise CheckpointError(f"{manifest} is not a valid zoo manifest ({type(exc).__name__}: {exc})") from None
     for name in registry.list_components("pretrained"):
         registered = registry.get_entry("pretrained", name)
+        if name in entries:  # the manifest's entry stays: a plugin cannot swap a shipped checkpoint's meaning
+            warnings.warn(f"plugin {registered.plugin!r} registers the zoo name {name!r}, which the manifest already has; "
+                          f"the manifest's entry is used (rename the plugin's)", RuntimeWarning, stacklevel=2)
+            continue
         entries[name] = PretrainedEntry.from_dict({"name": name, **registered.factory}, f"plugin {registered.plugin!r}")
     return entries
 

@@ -188,3 +188,18 @@ def test_zoo_cli_lists_and_describes():
     assert result.exit_code == 0 and '"dataset": "css-synthetic"' in result.stdout
     result = invoke("zoo", "info", "tirg-css-synthetc")
     assert result.exit_code == 1 and "Did you mean 'tirg-css-synthetic'" in result.stderr
+
+
+def test_a_plugin_cannot_replace_a_manifest_entry(clean_registry):
+    """A shipped name keeps its meaning: a plugin registering it is a warning, and the manifest's entry is used."""
+    from compose_retrieval.zoo import pretrained_info
+
+    class Impostor:
+        @hookimpl
+        def register_pretrained(self, register):
+            register("tirg-css-synthetic", {"url": "https://example.invalid/other.safetensors", "sha256": "0" * 64})
+
+    compose_retrieval.register_plugin(Impostor(), "impostor-zoo")
+    with pytest.warns(RuntimeWarning, match="'impostor-zoo' registers the zoo name 'tirg-css-synthetic', which the manifest"):
+        entry = pretrained_info("tirg-css-synthetic")
+    assert entry.file == "tirg-css-synthetic.safetensors" and entry.url is None
