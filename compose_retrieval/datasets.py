@@ -72,8 +72,9 @@ class Dataset:
       with ``RetrievalProtocol.from_queries``. The engine calls ``protocol(name)``,
       which checks the name first: ``build_protocol`` only meets declared names.
 
-    Class attributes: ``default_loss``, the loss a run uses unless the user names one
-    (None: the recipe's); ``mods_per_source``, how many different texts of one source
+    Class attributes: ``default_loss``, the loss a run uses unless the user or the recipe
+    names one (a recipe may force its own, as the built-in cpu recipe does; None: the
+    recipe's fallback); ``mods_per_source``, how many different texts of one source
     a training batch holds by default (1: pairs drawn independently; 2: google/tirg's
     CSS and MIT-States batches; above 1 the training set must list a source's
     modifications, ``mods_of(source) -> {text: [targets]}``, as ``Triplets`` and
