@@ -25,7 +25,10 @@ def _loader(images, indices: Tensor | None, batch_size: int, num_workers: int, d
     """Batches of ``images[i]`` for i in ``indices`` (all, in order, when None), read by ``num_workers`` processes
     (0: in this one) so that decoding runs in parallel; pinned memory when they go to a GPU."""
     data = images if indices is None else Subset(images, indices.tolist())
-    return DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=num_workers, pin_memory=device.type == "cuda")
+    # a generator of its own: making the loader's worker seeds must not draw from the global random state, or an
+    # evaluation during training would change the dropout masks of the steps after it
+    return DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=num_workers, pin_memory=device.type == "cuda",
+                      generator=torch.Generator())
 
 
 def _to_device(images: Tensor, device: torch.device) -> Tensor:
