@@ -12,7 +12,7 @@ from .errors import ComposeRetrievalError, DatasetError
 if TYPE_CHECKING:
     from .config import TrainConfig
 
-__all__ = ["SameSourceBatches", "training_loader", "endless"]
+__all__ = ["SameSourceBatches", "RunOrder", "training_loader", "endless"]
 
 
 class SameSourceBatches(torch.utils.data.Dataset):
@@ -30,11 +30,10 @@ class SameSourceBatches(torch.utils.data.Dataset):
     first pair is the training set's own draw (``triplet`` of a random item, keeping the
     dataset's weighting of sources); the others take other texts of the same source,
     without repeats, each with one of its targets. A source with too few texts is drawn
-    again. An epoch holds as many pairs as the training set (``len(train_set) // B`` batches),
-    and batch ``b`` is the same in every epoch: over a training set of fixed triplets
-    (``Triplets``) a run longer than one epoch meets its batches again in a new order
-    (css-synthetic's 1,200 default steps pass 3.2 times over its 375 batches), while a
-    ``SampledPairs`` set holds ``PASSES`` draws per source and rarely repeats one.
+    again. An epoch holds as many pairs as the training set (``len(train_set) // B`` batches);
+    any index is a batch (``RunOrder`` gives epoch ``e`` the indices ``e * len + b``), so
+    every epoch draws new batches and a run over fixed triplets (``Triplets``) meets new
+    groupings of its pairs each time it passes over them.
     """
 
     def __init__(self, train_set, batch_size: int, per_source: int, seed: int = 0, *, tries: int = 1000):
@@ -73,17 +72,58 @@ class SameSourceBatches(torch.utils.data.Dataset):
         }
 
 
-def training_loader(train_set: torch.utils.data.Dataset, config: TrainConfig, device: torch.device) -> torch.utils.data.DataLoader:
-    """The batches of a run: shuffled pairs, or with ``config.mods_per_source`` > 1 batches in which every source
-    comes with that many different texts (SameSourceBatches); the same batches with any number of workers."""
-    common = dict(num_workers=config.num_workers, persistent_workers=config.num_workers > 0,
-                  pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(config.seed))
+class RunOrder(torch.utils.data.Sampler):
+    """The order of a run's batches, step by step, from any step: what makes a resumed run see the batches the
+    uninterrupted one would have.
+
+    Epoch ``e`` shuffles the ``per_epoch`` batches with a generator seeded by (``seed``, ``e``);
+    step ``s`` is batch ``s % per_epoch`` of epoch ``s // per_epoch``. With ``whole_batches``
+    it yields one index per step, ``e * per_epoch + b`` (a SameSourceBatches item: each epoch
+    draws new batches); otherwise the ``batch_size`` item indices of the batch (``items`` items,
+    the last partial batch dropped). Endless: the training loop stops at its step count.
+    """
+
+    def __init__(self, items: int, batch_size: int, seed: int, start: int = 0, *, whole_batches: bool = False):
+        self.items, self.batch_size, self.seed, self.start, self.whole_batches = items, batch_size, seed, start, whole_batches
+        self.per_epoch = items if whole_batches else items // batch_size
+
+    def order(self, epoch: int) -> list[int]:
+        generator = torch.Generator().manual_seed(int(np.random.SeedSequence((self.seed, epoch)).generate_state(1)[0]))
+        return torch.randperm(self.items, generator=generator).tolist()
+
+    def __iter__(self):
+        step, epoch, order = self.start, None, []
+        while True:
+            e, j = divmod(step, self.per_epoch)
+            if e != epoch:
+                epoch, order = e, self.order(e)
+            if self.whole_batches:
+                yield e * self.per_epoch + order[j]
+            else:
+                yield order[j * self.batch_size : (j + 1) * self.batch_size]
+            step += 1
+
+
+def training_loader(
+    train_set: torch.utils.data.Dataset, config: TrainConfig, device: torch.device, start: int = 0
+) -> torch.utils.data.DataLoader:
+    """The batches of a run from step ``start``: shuffled pairs, or with ``config.mods_per_source`` > 1 batches in
+    which every source comes with that many different texts (SameSourceBatches); the same batches with any number of
+    workers, and the same from a resumed step as in an uninterrupted run (RunOrder)."""
+    # the generator only seeds the workers: drawing their seeds from the global random state would make a resumed run's
+    # dropout differ from the uninterrupted one's
+    common = dict(num_workers=config.num_workers, persistent_workers=config.num_workers > 0, pin_memory=device.type == "cuda",
+                  generator=torch.Generator().manual_seed(config.seed))
     if (config.mods_per_source or 1) > 1:
         batches = SameSourceBatches(train_set, config.batch_size, config.mods_per_source, config.seed)
-        loader = torch.utils.data.DataLoader(batches, batch_size=None, shuffle=True, **common)
+        per_epoch = len(batches)
+        order = RunOrder(per_epoch, 1, config.seed, start, whole_batches=True)
+        loader = torch.utils.data.DataLoader(batches, batch_size=None, sampler=order, **common)
     else:
-        loader = torch.utils.data.DataLoader(train_set, batch_size=config.batch_size, shuffle=True, drop_last=True, **common)
-    if len(loader) == 0:
+        per_epoch = len(train_set) // config.batch_size
+        order = RunOrder(len(train_set), config.batch_size, config.seed, start)
+        loader = torch.utils.data.DataLoader(train_set, batch_sampler=order, **common)
+    if per_epoch == 0:
         raise ComposeRetrievalError(
             f"dataset {config.dataset!r} has fewer training pairs than one batch of {config.batch_size}; lower --batch-size"
         )
@@ -91,6 +131,7 @@ def training_loader(train_set: torch.utils.data.Dataset, config: TrainConfig, de
 
 
 def endless(loader):
+    """The loader's batches, with a DatasetError raised in a worker reduced to its own one line."""
     while True:
         try:
             yield from loader

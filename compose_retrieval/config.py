@@ -22,12 +22,15 @@ from .model import ComponentSpec, ModelSpec
 from .options import Range, check_value
 from .recipes import get_recipe
 
-__all__ = ["TrainConfig", "make_config", "recipe_of", "OPTIMIZERS", "SCHEDULES"]
+__all__ = ["TrainConfig", "make_config", "recipe_of", "OPTIMIZERS", "SCHEDULES", "RESUMABLE_CHANGES"]
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("step", "cosine")
 # TrainConfig fields that say where or how fast a run went, not what it learned: left out of a checkpoint's recipe.
-_NOT_RECIPE = {"model", "run_dir", "device", "num_workers", "eval_batch_size", "log_every"}
+_NOT_RECIPE = {"model", "run_dir", "device", "num_workers", "eval_batch_size", "log_every", "save_every", "tensorboard",
+               "compile"}
+# what a resumed run may change: where and how fast it runs, and how it reports
+RESUMABLE_CHANGES = ("device", "num_workers", "eval_batch_size", "log_every", "save_every", "tensorboard", "compile")
 
 
 @dataclass
@@ -62,8 +65,13 @@ class TrainConfig:
     backbone_lr_scale: Annotated[float, Range(0, None)] = 1.0  # learning-rate factor of the image encoder's pretrained body
     seed: Annotated[int, Range(0, 2**32 - 1)] = 0  # numpy's seeds are 32-bit
     device: str = "auto"
-    amp: bool = True  # bfloat16 autocast on CUDA; ignored on the CPU
-    num_workers: Annotated[int, Range(0, 1024)] = 0
+    amp: bool = True  # bfloat16 autocast on CUDA (False: float32 throughout); ignored on the CPU
+    compile: bool = False  # torch.compile the model's training forward
+    num_workers: Annotated[int, Range(0, 1024)] | None = None  # None: 0 on the CPU, up to 4 on CUDA
+    save_every: Annotated[int, Range(0, None)] = 500  # steps between resumable states (0: only at the end and on Ctrl-C)
+    eval_every: Annotated[int, Range(0, None)] = 0  # steps between validations (0: none); the best model is kept
+    val_pairs: Annotated[int, Range(1, None)] | None = None  # training pairs held out for validation (None: a tenth, at most 500)
+    tensorboard: bool = False  # TensorBoard events in RUN_DIR/tensorboard (pip install "compose-retrieval[tensorboard]")
     eval_batch_size: Annotated[int, Range(1, None)] = 256
     log_every: Annotated[int, Range(1, None)] = 25
     run_dir: str | None = None

@@ -116,6 +116,12 @@ class Dataset:
         """The names of the test protocols, the default first (``protocol_names`` unless overridden)."""
         return list(self.protocol_names)
 
+    def validation(self, seed: int = 0) -> RetrievalProtocol | None:
+        """The protocol of the dataset's validation split, for ``--eval-every``; None (the default) when it has
+        none, and the engine holds out a seeded slice of the training pairs instead (a training set of fixed
+        pairs, ``Triplets``, can give them up; one that draws its pairs by a rule cannot)."""
+        return None
+
     def protocol(self, name: str | None = None) -> RetrievalProtocol:
         """The test protocol ``name`` (None: the first of ``protocols()``); an unknown name is a one-line error."""
         names = self.protocols()

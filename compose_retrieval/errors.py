@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 __all__ = [
-    "ComposeRetrievalError", "UnknownNameError", "OptionError", "DuplicateNameError", "CheckpointError", "DatasetError", "plural",
+    "ComposeRetrievalError", "UnknownNameError", "OptionError", "DuplicateNameError", "CheckpointError", "DatasetError", "RunInterrupted", "plural",
 ]
 
 
@@ -36,6 +36,10 @@ class OptionError(ComposeRetrievalError, ValueError):
 
 class DuplicateNameError(ComposeRetrievalError):
     """A name that two plugins register: ambiguous until one is chosen as PLUGIN:NAME."""
+
+
+class RunInterrupted(ComposeRetrievalError):
+    """A run stopped by Ctrl-C after saving its state; the message gives the command that continues it."""
 
 
 class CheckpointError(ComposeRetrievalError):

@@ -13,9 +13,10 @@ __all__ = ["TrainingProgress"]
 class TrainingProgress:
     """Context manager; ``advance(loss, images)`` after each step. Disabled: does nothing."""
 
-    def __init__(self, total: int, enabled: bool = True):
+    def __init__(self, total: int, enabled: bool = True, start: int = 0):
         self.enabled = enabled
         self.total = total
+        self.start = start  # the steps a resumed run had done
         self._progress = Progress(
             TextColumn("[bold]train"),
             BarColumn(),
@@ -30,7 +31,8 @@ class TrainingProgress:
 
     def __enter__(self) -> "TrainingProgress":
         self._progress.__enter__()
-        self._task = self._progress.add_task("train", total=self.total, loss=float("nan"), speed=0.0, images=0.0)
+        self._task = self._progress.add_task("train", total=self.total, completed=self.start, loss=float("nan"), speed=0.0,
+                                            images=0.0)
         self._start = time.perf_counter()
         self._steps = 0
         self._images = 0

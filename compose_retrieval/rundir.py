@@ -14,9 +14,10 @@ from .errors import ComposeRetrievalError
 if TYPE_CHECKING:
     from .config import TrainConfig
 
-__all__ = ["CHECKPOINT_NAME", "new_run_dir", "claim_run_dir", "MetricsLog"]
+__all__ = ["CHECKPOINT_NAME", "BEST_NAME", "new_run_dir", "claim_run_dir", "MetricsLog"]
 
 CHECKPOINT_NAME = "model.safetensors"
+BEST_NAME = "best.safetensors"  # the model of the best validation recall@1 (--eval-every)
 
 
 def new_run_dir(parent: str | os.PathLike, name: str) -> Path:
@@ -50,14 +51,47 @@ def claim_run_dir(run_dir: Path, config: "TrainConfig") -> None:
 
 
 class MetricsLog:
-    """metrics.jsonl in the run directory: one JSON object a line, appended and flushed."""
+    """metrics.jsonl in the run directory: one JSON object a line, appended and flushed; with ``tensorboard``, the
+    same numbers as TensorBoard events in RUN_DIR/tensorboard.
 
-    def __init__(self, run_dir: Path | None):
+    ``keep_until``: the step a run starts from. A new run (0) starts an empty log; a resumed one keeps the lines of
+    the steps it resumes after and drops those of steps it will train again.
+    """
+
+    def __init__(self, run_dir: Path | None, *, keep_until: int = 0, tensorboard: bool = False):
         self.path = run_dir / "metrics.jsonl" if run_dir else None
-        if self.path:  # a run starts from step 0: the lines of an interrupted attempt are stale
-            self.path.write_text("")
+        if self.path:
+            kept = []
+            if keep_until and self.path.is_file():
+                for line in self.path.read_text().splitlines():
+                    try:
+                        record = json.loads(line)
+                    except ValueError:  # a line cut by the interruption
+                        continue
+                    if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= keep_until:
+                        kept.append(line + "\n")
+            atomic_write(self.path, lambda tmp: Path(tmp).write_text("".join(kept)))
+        self.writer = None
+        if tensorboard and run_dir:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise ComposeRetrievalError('--tensorboard needs TensorBoard: pip install "compose-retrieval[tensorboard]"') from None
+            self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=keep_until + 1 if keep_until else None)
 
     def write(self, record: dict[str, Any]) -> None:
         if self.path:
             with self.path.open("a") as f:
                 f.write(json.dumps(record) + "\n")
+        if self.writer is not None:
+            step = record.get("step", (record.get("eval") or {}).get("step"))
+            for group in ("", "validation", "eval"):
+                values = record if not group else record.get(group) or {}
+                for key, value in values.items():
+                    if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "step":
+                        self.writer.add_scalar(f"{group or 'train'}/{key}", value, step)
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()

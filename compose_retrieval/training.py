@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import shlex
 import time
 from dataclasses import dataclass, replace
@@ -15,17 +17,19 @@ import torch
 from . import registry
 from .batching import endless, training_loader
 from .checkpoint import atomic_write, load_checkpoint, save_checkpoint
-from .config import TrainConfig, recipe_of
+from .config import RESUMABLE_CHANGES, TrainConfig, recipe_of
 from .devices import resolve_device, seed_everything
-from .errors import ComposeRetrievalError, DatasetError, OptionError
+from .errors import ComposeRetrievalError, DatasetError, OptionError, RunInterrupted
 from .evaluation import evaluate
 from .model import ComposedRetrievalModel, build_model
 from .optim import make_optimizer, make_scheduler
 from .progress import TrainingProgress
-from .rundir import CHECKPOINT_NAME, MetricsLog, claim_run_dir
+from .resume import STATE_NAME, has_state, load_state, peek_state, save_state
+from .rundir import BEST_NAME, CHECKPOINT_NAME, MetricsLog, claim_run_dir
+from .validation import hold_out
 from .zoo import resolve
 
-__all__ = ["TrainResult", "train", "check_finite"]
+__all__ = ["TrainResult", "train", "resume", "check_finite"]
 
 
 @dataclass
@@ -44,92 +48,175 @@ def train(
 ) -> TrainResult:
     """Train ``config.model`` on ``config.dataset``, evaluate it, save it in ``config.run_dir``.
 
-    A run that stops before it has saved a model (a bad option met late, a divergence,
-    Ctrl-C) removes the files it wrote, so the same ``--run-dir`` can be used again.
+    Every ``save_every`` steps, at the end and on Ctrl-C, the run directory gets a
+    resumable state (``resume(run_dir)`` continues it exactly). A run that stops before it
+    has saved anything (a bad option met late, a divergence) removes the files it wrote,
+    so the same ``--run-dir`` can be used again.
     """
     config.validate()
     run_dir = Path(config.run_dir) if config.run_dir else None
+    created = bool(run_dir) and not run_dir.exists()
     if run_dir:
         claim_run_dir(run_dir, config)
     try:
-        return _train(config, run_dir, progress, on_log)
+        return _run(config, run_dir, progress, on_log, resuming=False)
     except BaseException:
-        if run_dir and not (run_dir / CHECKPOINT_NAME).exists():
+        if run_dir and not (run_dir / CHECKPOINT_NAME).exists() and not has_state(run_dir):
             for name in ("config.json", "metrics.jsonl"):
                 (run_dir / name).unlink(missing_ok=True)
+            if created:  # a folder this run made and left empty goes too
+                with contextlib.suppress(OSError):
+                    run_dir.rmdir()
         raise
 
 
-def _train(config: TrainConfig, run_dir: Path | None, progress: bool, on_log) -> TrainResult:
+def resume(run_dir: str | Path, *, progress: bool = True, on_log: Callable[[dict[str, Any]], None] | None = None,
+           **changes: Any) -> TrainResult:
+    """Continue the run in ``run_dir`` from its last resumable state, with its recorded config.
+
+    ``changes`` may set only what says where or how fast it runs (RESUMABLE_CHANGES: device,
+    num_workers, ...); anything else would make it another run, and is refused.
+    """
+    run_dir = Path(run_dir)
+    refused = sorted(k for k, v in changes.items() if k not in RESUMABLE_CHANGES and v is not None)
+    if refused:
+        raise OptionError(f"--resume continues {run_dir} with the config it recorded; {', '.join(refused)} cannot change "
+                          f"(only {', '.join(RESUMABLE_CHANGES)} can); start a new run to change it")
+    if not (run_dir / "config.json").is_file():
+        raise ComposeRetrievalError(f"{run_dir} is not a run directory (no config.json); give the folder a run wrote")
+    if not has_state(run_dir):
+        raise ComposeRetrievalError(f"{run_dir} holds no resumable state ({STATE_NAME}); it stopped before its first "
+                                    "save: start it again")
+    try:
+        recorded = TrainConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
+    except (ValueError, TypeError, KeyError) as exc:
+        raise ComposeRetrievalError(f"{run_dir / 'config.json'} cannot be read ({str(exc)[:200]}); the run cannot be resumed") from None
+    config = replace(recorded, run_dir=str(run_dir), **{k: v for k, v in changes.items() if v is not None})
+    config.validate()
+    return _run(config, run_dir, progress, on_log, resuming=True)
+
+
+def _run(config: TrainConfig, run_dir: Path | None, progress: bool, on_log, *, resuming: bool) -> TrainResult:
     seed_everything(config.seed)
     device = resolve_device(config.device)
+    if config.num_workers is None:  # decoding in parallel pays on a GPU; on a CPU it takes the cores from training
+        config = replace(config, num_workers=min(4, os.cpu_count() or 1) if device.type == "cuda" else 0)
 
     dataset = registry.create("dataset", config.dataset, data_root=config.data_root, **config.dataset_options)
     loss_name = config.loss or dataset.default_loss
     if loss_name is None:
         raise OptionError(f"dataset {config.dataset!r} names no default loss; choose one with --loss (see `compose-retrieval list losses`)")
     config = replace(config, loss=loss_name, mods_per_source=config.mods_per_source or getattr(dataset, "mods_per_source", 1))
-    if config.init_from:
+    if config.init_from and not resuming:
         model, _ = load_checkpoint(resolve(config.init_from))
         model.preprocessing = dataset.preprocessing
         config = replace(config, model=model.spec)  # the model is the checkpoint's, vocabulary included
     else:
         model = build_model(config.model, dataset.preprocessing)
-        model.text_encoder.fit(dataset.train_texts())
-    if run_dir:  # the resolved config (the loss the dataset chose, the model of --init-from)
+        if not resuming:  # a resumed run's vocabulary comes from its state
+            model.text_encoder.fit(dataset.train_texts())
+    if run_dir and not resuming:  # the resolved config (the loss the dataset chose, the model of --init-from)
         atomic_write(run_dir / "config.json", lambda tmp: Path(tmp).write_text(json.dumps(config.to_dict(), indent=2)))
     loss_fn = registry.create("loss", loss_name, **config.loss_options)
     protocol = dataset.protocol(config.protocol)
+    train_set = dataset.train_set(seed=config.seed, protocol=protocol.name)
+    validation = None
+    if config.eval_every:
+        validation = dataset.validation(config.seed)
+        if validation is None:
+            count = config.val_pairs or max(1, min(500, len(train_set) // 10))
+            train_set, validation = hold_out(train_set, count, config.seed)
 
+    state_path = run_dir / STATE_NAME if run_dir else None
+    start, best = 0, None
+    if resuming:
+        state_step, extra = peek_state(state_path)
+        model.load_extra_state_metadata(extra.get("model_extra_state") or {})
     model.place(device).train()
     optimizer = make_optimizer(model, config)
     scheduler = make_scheduler(optimizer, config)
+    if resuming:
+        start, extra = load_state(state_path, model=model, optimizer=optimizer, scheduler=scheduler)
+        best = extra.get("best")
+        if start >= config.steps:
+            raise ComposeRetrievalError(f"{run_dir} finished its {config.steps} steps; evaluate it with "
+                                        f"`{_command('evaluate', run_dir, config)}`")
 
-    loader = training_loader(dataset.train_set(seed=config.seed, protocol=protocol.name), config, device)
-    log = MetricsLog(run_dir)
+    def save_state_now(step: int) -> None:
+        if state_path:
+            save_state(state_path, model=model, optimizer=optimizer, scheduler=scheduler, step=step,
+                       extra={"best": best, "model_extra_state": model.extra_state_metadata()})
+
+    loader = training_loader(train_set, config, device, start)
+    log = MetricsLog(run_dir, keep_until=start, tensorboard=config.tensorboard)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=config.amp and device.type == "cuda")
+    forward = torch.compile(model) if config.compile else model
+    recipe = {**recipe_of(config), "protocol": protocol.name}
 
     started = time.perf_counter()
-    running = 0.0
-    with TrainingProgress(config.steps, enabled=progress) as bar:
-        batches = endless(loader)
-        for step in range(config.steps):
-            batch = next(batches)
-            lr = scheduler.get_last_lr()[0] / optimizer.param_groups[0]["lr_scale"]
-            sources = batch["source"].to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-            targets = batch["target"].to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-            with autocast:
-                queries, target_embeddings = model(sources, batch["text"], targets)
-                loss = loss_fn(queries.float(), target_embeddings.float())
-            value = loss.item()  # the step's one host sync
-            if not math.isfinite(value):
-                raise ComposeRetrievalError(
-                    f"training diverged: the loss became {value} at step {step + 1}; lower --lr (nothing was saved)"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            running += value
-            done = step + 1
-            if done % config.log_every == 0 or done == config.steps:
-                n = done % config.log_every or config.log_every
-                elapsed = time.perf_counter() - started
-                record = {"step": done, "loss": running / n, "lr": lr, "seconds": round(elapsed, 2),
-                          "images_per_second": round(done * config.batch_size * 2 / elapsed, 1)}
-                running = 0.0
-                log.write(record)
-                if on_log:
-                    on_log(record)
-            bar.advance(value, config.batch_size * 2)
+    running, done = 0.0, start
+    try:
+        with TrainingProgress(config.steps, enabled=progress, start=start) as bar:
+            batches = endless(loader)
+            for step in range(start, config.steps):
+                batch = next(batches)
+                lr = scheduler.get_last_lr()[0] / optimizer.param_groups[0]["lr_scale"]
+                sources = batch["source"].to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+                targets = batch["target"].to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+                with autocast:
+                    queries, target_embeddings = forward(sources, batch["text"], targets)
+                    loss = loss_fn(queries.float(), target_embeddings.float())
+                value = loss.item()  # the step's one host sync
+                if not math.isfinite(value):
+                    raise ComposeRetrievalError(
+                        f"training diverged: the loss became {value} at step {step + 1}; lower --lr"
+                        + (" (the last resumable state is before it)" if start or step >= config.save_every > 0 else " (nothing was saved)")
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                running += value
+                done = step + 1
+                if done % config.log_every == 0 or done == config.steps:
+                    n = min(done - start, done % config.log_every or config.log_every)
+                    elapsed = time.perf_counter() - started
+                    record = {"step": done, "loss": running / n, "lr": lr, "seconds": round(elapsed, 2),
+                              "images_per_second": round((done - start) * config.batch_size * 2 / elapsed, 1)}
+                    running = 0.0
+                    log.write(record)
+                    if on_log:
+                        on_log(record)
+                if validation is not None and (done % config.eval_every == 0 or done == config.steps):
+                    scores = evaluate(model, validation, batch_size=config.eval_batch_size, device=device,
+                                      num_workers=config.num_workers)
+                    log.write({"step": done, "validation": scores})
+                    if best is None or scores["recall@1"] > best["recall@1"]:
+                        best = {"step": done, "recall@1": scores["recall@1"]}
+                        if run_dir:
+                            check_finite(model, f"at step {done}")
+                            save_checkpoint(model, run_dir / BEST_NAME, metrics={"step": done, "validation": scores},
+                                            recipe=recipe)
+                if config.save_every and done % config.save_every == 0 and done < config.steps:
+                    save_state_now(done)
+                bar.advance(value, config.batch_size * 2)
+    except KeyboardInterrupt:
+        if state_path and done > start:
+            save_state_now(done)
+        if state_path and has_state(run_dir):
+            raise RunInterrupted(f"interrupted at step {done} of {config.steps}; the run is saved: continue it with "
+                                 f"`{_command('train', run_dir, config)}`") from None
+        raise
     train_seconds = time.perf_counter() - started
     check_finite(model, f"after {config.steps} steps")
+    save_state_now(config.steps)
 
     # the model is saved before it is evaluated: an evaluation that fails (a broken gallery image) loses nothing
-    recipe = {**recipe_of(config), "protocol": protocol.name}
     metrics: dict[str, Any] = {"step": config.steps, "train_seconds": train_seconds}
     if dataset.skipped_images:
         metrics["skipped_images"] = dataset.skipped_images
+    if best is not None:
+        metrics["best_validation"] = best
     checkpoint = run_dir / CHECKPOINT_NAME if run_dir else None
     if checkpoint:
         save_checkpoint(model, checkpoint, metrics=metrics, recipe=recipe)
@@ -138,18 +225,24 @@ def _train(config: TrainConfig, run_dir: Path | None, progress: bool, on_log) ->
     except Exception as exc:
         if checkpoint:
             kind = DatasetError if isinstance(exc, DatasetError) else ComposeRetrievalError
-            # the command must be one that works: a checkpoint never chooses the data root, so it is given again
-            command = shlex.join(["compose-retrieval", "evaluate", str(run_dir)]
-                                 + (["--data-root", str(config.data_root)] if config.data_root is not None else []))
             raise kind(f"evaluation failed: {_first_line(exc)} (the trained model is saved: {checkpoint}; "
-                       f"evaluate it with `{command}` once that is fixed)") from exc
+                       f"evaluate it with `{_command('evaluate', run_dir, config)}` once that is fixed)") from exc
         raise
     metrics["eval_seconds"] = round(time.perf_counter() - started - train_seconds, 1)
     log.write({"eval": metrics})
+    log.close()
     if checkpoint:
         save_checkpoint(model, checkpoint, metrics=metrics, recipe=recipe)
     model.eval()
     return TrainResult(model, metrics, run_dir, config)
+
+
+def _command(what: str, run_dir: Path, config: TrainConfig) -> str:
+    """The command that evaluates or resumes ``run_dir``: a checkpoint never chooses the data root, so it is given."""
+    words = ["compose-retrieval", "evaluate", str(run_dir)] if what == "evaluate" else ["compose-retrieval", "train", "--resume", str(run_dir)]
+    if what == "evaluate" and config.data_root is not None:
+        words += ["--data-root", str(config.data_root)]
+    return shlex.join(words)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -109,7 +109,7 @@ def test_the_cli_and_make_config_write_the_same_config(tmp_path, monkeypatch):
     invoke("train", *TINY_CLI_MODEL, "--combiner", "concat", "--dataset-opt", "image_size=32", "--run-dir", tmp_path / "r")
     expected = make_config(
         combiner="concat", backbone="test_resnet", embed_dim=32, text_encoder_options={"word_dim": 16, "hidden_dim": 16},
-        dataset_options={"image_size": 32}, steps=3, batch_size=8, device="cpu", seed=0, num_workers=0,
+        dataset_options={"image_size": 32}, steps=3, batch_size=8, device="cpu", seed=0,
         run_dir=str(tmp_path / "r"),
     )
     assert json.dumps(seen["config"].to_dict(), sort_keys=True) == json.dumps(expected.to_dict(), sort_keys=True)

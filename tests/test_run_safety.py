@@ -243,7 +243,11 @@ def test_a_run_that_failed_before_saving_leaves_its_folder_usable(tmp_path):
     run_dir = tmp_path / "run"
     with pytest.raises(ComposeRetrievalError, match="training diverged"):
         train(tiny_config(optimizer="sgd", lr=1e38, steps=1, run_dir=str(run_dir)), progress=False)
-    assert not list(run_dir.iterdir())  # its config.json and metrics.jsonl are gone with it
+    assert not run_dir.exists()  # its config.json and metrics.jsonl are gone with it, and the folder it made
+    run_dir.mkdir()  # a folder the user made stays, empty
+    with pytest.raises(ComposeRetrievalError, match="training diverged"):
+        train(tiny_config(optimizer="sgd", lr=1e38, steps=1, run_dir=str(run_dir)), progress=False)
+    assert run_dir.is_dir() and not list(run_dir.iterdir())
     result = train(tiny_config(steps=2, run_dir=str(run_dir)), progress=False)  # the retry the message suggests
     assert (run_dir / CHECKPOINT_NAME).exists() and result.metrics["recall@1"] >= 0
 

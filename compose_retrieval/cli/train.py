@@ -9,6 +9,7 @@ from typing import Annotated, Any, List, Optional
 import typer
 
 from .. import registry
+from ..errors import OptionError
 from ..options import Range, check_value
 from .common import app, console, errors_as_exit, parse_options, print_metrics
 
@@ -19,6 +20,7 @@ _RECIPE_HELP = "Training recipe (see `list recipes`; default: the installed defa
 
 @app.command()
 def train(
+    ctx: typer.Context,
     combiner: Optional[str] = typer.Option(None, help="How image and text are composed (see `list combiners`; default: the recipe's, tirg)."),
     dataset: Optional[str] = typer.Option(None, help="Training and test data (see `list datasets`; default: the recipe's)."),
     data_root: Optional[str] = typer.Option(None, help="Where the dataset's files are (not for generated datasets)."),
@@ -44,7 +46,14 @@ def train(
     ),
     seed: int = typer.Option(0, help="Random seed of the model and the batches."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1, ..."),
-    workers: int = typer.Option(0, help="DataLoader worker processes."),
+    workers: Optional[int] = typer.Option(None, help="DataLoader worker processes (default: 0 on the CPU, up to 4 on CUDA)."),
+    save_every: Optional[int] = typer.Option(None, help="Steps between resumable states (default 500; 0: only at the end and on Ctrl-C)."),
+    eval_every: Optional[int] = typer.Option(None, help="Steps between validations; the best model is kept as best.safetensors."),
+    val_pairs: Optional[int] = typer.Option(None, help="Training pairs held out for validation when the dataset has no split (default: a tenth, at most 500)."),
+    resume: Optional[Path] = typer.Option(None, help="Continue this run directory from its last saved state, with its recorded config."),
+    fp32: bool = typer.Option(False, "--fp32", help="Float32 throughout on CUDA (default: bfloat16 autocast)."),
+    compile_model: bool = typer.Option(False, "--compile", help="torch.compile the model's training forward."),
+    tensorboard: bool = typer.Option(False, help='TensorBoard events in RUN_DIR/tensorboard (pip install "compose-retrieval[tensorboard]").'),
     run_dir: Optional[Path] = typer.Option(None, help="Where the config, metrics and checkpoint go (default runs/NAME-TIME)."),
     combiner_opt: Optional[List[str]] = typer.Option(None, help="Combiner option KEY=VALUE (repeatable; see `info combiner NAME`)."),
     image_encoder_opt: Optional[List[str]] = typer.Option(None, help="Image encoder option KEY=VALUE (repeatable)."),
@@ -53,12 +62,29 @@ def train(
     dataset_opt: Optional[List[str]] = typer.Option(None, help="Dataset option KEY=VALUE (repeatable)."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
-    """Train a model and evaluate recall@K on the dataset's test protocol."""
+    """Train a model and evaluate recall@K on the dataset's test protocol (or continue a saved run: --resume RUN_DIR)."""
     from ..config import make_config
     from ..rundir import new_run_dir
+    from ..training import resume as resume_training
     from ..training import train as run_training
 
     with errors_as_exit():
+        if resume is not None:
+            given = [name for name in ctx.params if getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE"]
+            changes = {"device": device, "num_workers": workers, "save_every": save_every, "tensorboard": tensorboard or None,
+                       "compile": compile_model or None}
+            allowed = {"device", "workers", "save_every", "tensorboard", "compile_model", "progress", "resume"}
+            refused = [f"--{name.replace('_', '-')}" for name in given if name not in allowed]
+            if refused:
+                raise OptionError(f"--resume continues {resume} with the config it recorded; drop {', '.join(refused)} "
+                                  "(only --device, --workers, --save-every, --tensorboard, --compile may change)")
+            console.print(f"resuming [bold]{resume}[/]")
+            result = resume_training(resume, progress=progress,
+                                     **{k: v for k, v in changes.items() if k != "device" or "device" in given})
+            what = result.config.model.combiner.name
+            print_metrics(result.metrics, f"{what} on {result.config.dataset}")
+            console.print(f"run directory: {result.run_dir}")
+            return
         config = make_config(
             recipe,
             combiner=combiner,
@@ -85,16 +111,28 @@ def train(
             seed=seed,
             device=device,
             num_workers=workers,
+            save_every=save_every,
+            eval_every=eval_every,
+            val_pairs=val_pairs,
+            amp=False if fp32 else None,
+            compile=compile_model or None,
+            tensorboard=tensorboard or None,
             run_dir=str(run_dir) if run_dir else None,
         )
         config.validate()
         what = Path(init_from).stem if init_from else config.model.combiner.name
-        if run_dir is None:  # a new folder of its own, even when runs start in the same second
+        made = run_dir is None
+        if made:  # a new folder of its own, even when runs start in the same second
             run_dir = new_run_dir("runs", f"{what}-{config.dataset}".replace(":", "_"))
             config = dataclasses.replace(config, run_dir=str(run_dir))
         console.print(f"training [bold]{what}[/] on [bold]{config.dataset}[/] for {config.steps} steps "
-                      f"({config.recipe} recipe) -> {run_dir}")
-        result = run_training(config, progress=progress)
+                      f"({config.recipe} recipe) -> {run_dir}", soft_wrap=True)
+        try:
+            result = run_training(config, progress=progress)
+        except BaseException:
+            if made and run_dir.is_dir() and not any(run_dir.iterdir()):  # a run that saved nothing leaves no folder
+                run_dir.rmdir()
+            raise
     print_metrics(result.metrics, f"{what} on {config.dataset}")
     console.print(f"run directory: {result.run_dir}")
 
