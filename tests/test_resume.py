@@ -132,3 +132,17 @@ def test_a_dataset_that_draws_its_pairs_cannot_hold_any_out(tmp_path):
                     "--dataset-opt", "image_size=32", "--dataset-opt", "train_scenes=16", "--dataset-opt", "test_scenes=8",
                     "--run-dir", tmp_path / "run")
     assert_one_line_error(result, "cannot hold out 100000", "--val-pairs")
+
+
+def test_tensorboard_gets_the_numbers_of_the_log(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_dir = tmp_path / "run"
+    train(tiny_config(steps=10, log_every=5, eval_every=5, val_pairs=8, tensorboard=True, run_dir=str(run_dir)), progress=False)
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("train/loss")] == [5, 10]
+    assert [e.step for e in events.Scalars("validation/recall@1")] == [5, 10]
+    logged = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert events.Scalars("train/loss")[1].value == pytest.approx(logged[2]["loss"], rel=1e-6)  # step 10's training line
+    assert events.Scalars("eval/recall@1")[0].value == pytest.approx(logged[-1]["eval"]["recall@1"], rel=1e-6)
