@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import importlib
 import importlib.metadata
 import inspect
+import os
 import traceback
 import warnings
 from dataclasses import dataclass, field
@@ -32,7 +34,7 @@ __all__ = [
     "KINDS", "ENTRY_POINT_GROUP", "ENGINE_ARGUMENTS", "Registered", "get_plugin_manager", "reload_plugins",
     "register_plugin", "unregister_plugin", "list_components", "get_entry", "create", "accepted_options",
     "check_options", "provenance", "describe", "plugin_package", "qualify", "QUALIFIER", "list_image_encoders", "list_text_encoders",
-    "list_combiners", "list_losses", "list_datasets",
+    "list_combiners", "list_losses", "list_datasets", "PLUGINS_ENV",
 ]
 
 # kind -> hook name. The kind is what errors and `compose-retrieval list` call it.
@@ -129,8 +131,29 @@ def get_plugin_manager() -> pluggy.PluginManager:
                 )
                 continue
             pm.register(plugin, name=ep.name)
+        _load_development_plugins(pm)
         _pm = pm
     return _pm
+
+
+PLUGINS_ENV = "COMPOSE_RETRIEVAL_PLUGINS"
+
+
+def _load_development_plugins(pm: pluggy.PluginManager) -> None:
+    """Modules named in $COMPOSE_RETRIEVAL_PLUGINS (comma-separated, importable: on PYTHONPATH, say) are plugins of
+    every process, the CLI's included: a plugin under development works before its package is installed."""
+    for module in (m.strip() for m in os.environ.get(PLUGINS_ENV, "").split(",")):
+        if not module or pm.get_plugin(module) is not None:
+            continue
+        try:
+            plugin = importlib.import_module(module)
+        except Exception as exc:
+            _warn_at_plugin(f"compose_retrieval plugin {module!r} (from ${PLUGINS_ENV}) failed to import and was skipped: "
+                            f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}; fix it or remove it from ${PLUGINS_ENV}",
+                            exc, module)
+            continue
+        if not pm.is_registered(plugin):  # the same module may also be an installed entry point
+            pm.register(plugin, name=module)
 
 
 def plugin_package(plugin: str) -> str | None:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import pytest
 
@@ -168,3 +172,18 @@ def register_datasets(register):
     assert meta["plugins"]["dataset"] == {"plugin": "shapes", "package": "shapes-pkg"}
     assert_one_line_error(invoke("evaluate", tmp_path / "run", "--device", "cpu"),
                           "dataset 'shapes-of-mine', which no installed plugin provides", "pip install shapes-pkg")
+
+
+def test_a_plugin_under_development_joins_every_process_through_the_environment(tmp_path, monkeypatch):
+    """$COMPOSE_RETRIEVAL_PLUGINS loads importable modules as plugins, the CLI's process included, without installing."""
+    (tmp_path / "compose_retrieval_example_dev.py").write_text(PLUGIN_A.replace('register("tirg", Sum)\n', ""))
+    monkeypatch.setenv("COMPOSE_RETRIEVAL_PLUGINS", "compose_retrieval_example_dev, a_module_that_is_not_there")
+    with plugin_paths(tmp_path):
+        with pytest.warns(RuntimeWarning, match="'a_module_that_is_not_there' .from .COMPOSE_RETRIEVAL_PLUGINS. failed to import"):
+            assert "shared_name" in compose_retrieval.list_combiners()
+        assert registry.get_entry("combiner", "shared_name").plugin == "compose_retrieval_example_dev"
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "COMPOSE_RETRIEVAL_PLUGINS": "compose_retrieval_example_dev"}
+    script = Path(sys.executable).parent / "compose-retrieval"  # the console script of this environment
+    listed = subprocess.run([str(script), "list", "combiners", "shared*"], capture_output=True, text=True, env=env,
+                            cwd=tmp_path, timeout=120)
+    assert listed.returncode == 0 and "shared_name" in listed.stdout, listed.stderr
