@@ -144,3 +144,27 @@ def test_error_messages_are_printed_verbatim(tmp_path):
 def test_init_from_refuses_model_options(tmp_path):
     result = invoke("train", *TINY_TRAIN, "--init-from", "tirg-css-synthetic", "--combiner", "concat", "--run-dir", tmp_path / "run")
     assert_one_line_error(result, "--init-from takes the model from the checkpoint; drop --combiner, --backbone")
+
+
+def test_info_shows_options_types_defaults_and_where_a_component_comes_from():
+    result = invoke("info", "combiner", "mrn", "--json")
+    assert result.exit_code == 0, result.output
+    found = json.loads(result.stdout)
+    assert found["plugin"] == "combiners" and found["package"] == "compose-retrieval"
+    assert found["options"] == [{"name": "blocks", "type": "int, between 1 and 64", "default": "3"}]
+    assert "Kim et al." in found["documentation"]
+    table = invoke("info", "datasets", "css-synthetic")  # the plural works as in `list`
+    assert table.exit_code == 0 and "train_scenes" in table.stdout and "one of '2d', '3d'" in table.stdout
+    timm = json.loads(invoke("info", "image-encoder", "timm", "--json").stdout)
+    assert timm["main_option"] == "model_name"
+    recipe = json.loads(invoke("info", "recipe", "cpu", "--json").stdout)
+    assert recipe["recipe"]["default"] is True and recipe["recipe"]["training"]["steps"] == 1200
+    assert_one_line_error(invoke("info", "combiner", "mrm"), "did you mean 'mrn'")
+    assert_one_line_error(invoke("info", "combinerz", "mrn"), "unknown kind")
+
+
+def test_list_takes_a_wildcard_after_the_kind():
+    result = invoke("list", "combiners", "tirg*")
+    assert result.exit_code == 0 and "tirg_lastconv" in result.stdout and "concat" not in result.stdout
+    everything = invoke("list", "--pattern", "*triplet*")  # across kinds: only the kinds with a match are shown
+    assert "soft_triplet" in everything.stdout and "combiners" not in everything.stdout

@@ -94,6 +94,16 @@ def component_info(kind: str, name: str) -> dict[str, Any]:
     return found
 
 
+def _reflowed(text: str) -> str:
+    """A docstring's paragraphs as single lines (the terminal wraps them at its width); indented blocks stay."""
+    paragraphs = []
+    for block in text.split("\n\n"):
+        lines = block.splitlines()
+        indented = any(line.startswith((" ", "\t")) for line in lines)
+        paragraphs.append(block if indented or any(line.lstrip().startswith("- ") for line in lines[1:]) else " ".join(lines))
+    return "\n\n".join(paragraphs)
+
+
 @app.command()
 def info(
     kind: str = typer.Argument(..., help=f"One of: {', '.join(KIND_ARGUMENTS)} (or the singular: combiner, dataset, ...)."),
@@ -109,7 +119,7 @@ def info(
     source = f"plugin {found['plugin']}" + (f", package {found['package']}" if found.get("package") else " (registered in-process)")
     console.print(f"[bold]{found['kind'].replace('_', ' ')} {found['name']}[/]  ({source})", highlight=False)
     if found.get("documentation"):
-        console.print(found["documentation"], highlight=False, markup=False)
+        console.print(_reflowed(found["documentation"]), highlight=False, markup=False)
     if "recipe" in found:
         console.print_json(json.dumps(found["recipe"]))
         return
