@@ -34,13 +34,23 @@ class SameSourceBatches(torch.utils.data.Dataset):
     any index is a batch (``RunOrder`` gives epoch ``e`` the indices ``e * len + b``), so
     every epoch draws new batches and a run over fixed triplets (``Triplets``) meets new
     groupings of its pairs each time it passes over them.
+
+    ``rank`` of ``world`` processes (distributed training): item ``b`` is that process's share
+    of batch ``b``, the ``rank``-th of ``world`` equal runs of whole groups (a source's texts
+    stay in one process); the shares of all ranks, in rank order, are the whole batch.
     """
 
-    def __init__(self, train_set, batch_size: int, per_source: int, seed: int = 0, *, tries: int = 1000):
+    def __init__(self, train_set, batch_size: int, per_source: int, seed: int = 0, *, tries: int = 1000,
+                 rank: int = 0, world: int = 1):
         if per_source < 1 or batch_size % per_source:
             raise DatasetError(f"a batch of {batch_size} cannot hold groups of {per_source} pairs of one source; "
                                "choose --mods-per-source dividing --batch-size")
+        if (batch_size // per_source) % world:
+            raise DatasetError(f"a batch of {batch_size // per_source} groups of {per_source} pairs of one source cannot be "
+                               f"shared equally by {world} processes; choose --batch-size a multiple of "
+                               f"{per_source * world} (--mods-per-source x processes)")
         self.train_set, self.batch_size, self.per_source, self.seed, self.tries = train_set, batch_size, per_source, seed, tries
+        self.rank, self.world = rank, world
         self.triplets(0)  # a composition the data cannot give fails here, in the main process, as one line
 
     def __len__(self) -> int:
@@ -63,8 +73,14 @@ class SameSourceBatches(torch.utils.data.Dataset):
         rng = np.random.default_rng((self.seed, index))
         return [item for _ in range(self.batch_size // self.per_source) for item in self.group(rng)]
 
+    def share(self, index: int) -> list[tuple[int, str, int]]:
+        """This rank's items of batch ``index``: the whole batch is drawn (the same draws in every process) and cut
+        into ``world`` equal runs of whole groups."""
+        items, size = self.triplets(index), self.batch_size // self.world
+        return items[self.rank * size : (self.rank + 1) * size]
+
     def __getitem__(self, index: int) -> dict:
-        items = self.triplets(index)
+        items = self.share(index)
         return {
             "source": torch.stack([self.train_set.source_images[s] for s, _, _ in items]),
             "text": [text for _, text, _ in items],
@@ -81,10 +97,20 @@ class RunOrder(torch.utils.data.Sampler):
     it yields one index per step, ``e * per_epoch + b`` (a SameSourceBatches item: each epoch
     draws new batches); otherwise the ``batch_size`` item indices of the batch (``items`` items,
     the last partial batch dropped). Endless: the training loop stops at its step count.
+
+    ``rank`` of ``world`` processes (distributed training): the order is the same in every
+    process, and each yields its share of a batch's item indices, the ``rank``-th of ``world``
+    equal runs, so the shares in rank order are the single process's batch. Whole batches
+    are shared by the dataset (``SameSourceBatches``): every rank yields the same index.
     """
 
-    def __init__(self, items: int, batch_size: int, seed: int, start: int = 0, *, whole_batches: bool = False):
+    def __init__(self, items: int, batch_size: int, seed: int, start: int = 0, *, whole_batches: bool = False,
+                 rank: int = 0, world: int = 1):
+        if not whole_batches and batch_size % world:
+            raise ComposeRetrievalError(f"a batch of {batch_size} cannot be shared equally by {world} processes; "
+                                        f"choose --batch-size a multiple of {world}")
         self.items, self.batch_size, self.seed, self.start, self.whole_batches = items, batch_size, seed, start, whole_batches
+        self.rank, self.world = rank, world
         self.per_epoch = items if whole_batches else items // batch_size
 
     def order(self, epoch: int) -> list[int]:
@@ -100,28 +126,32 @@ class RunOrder(torch.utils.data.Sampler):
             if self.whole_batches:
                 yield e * self.per_epoch + order[j]
             else:
-                yield order[j * self.batch_size : (j + 1) * self.batch_size]
+                share = self.batch_size // self.world
+                first = j * self.batch_size + self.rank * share
+                yield order[first : first + share]
             step += 1
 
 
 def training_loader(
-    train_set: torch.utils.data.Dataset, config: TrainConfig, device: torch.device, start: int = 0
+    train_set: torch.utils.data.Dataset, config: TrainConfig, device: torch.device, start: int = 0, *,
+    rank: int = 0, world: int = 1,
 ) -> torch.utils.data.DataLoader:
     """The batches of a run from step ``start``: shuffled pairs, or with ``config.mods_per_source`` > 1 batches in
     which every source comes with that many different texts (SameSourceBatches); the same batches with any number of
-    workers, and the same from a resumed step as in an uninterrupted run (RunOrder)."""
+    workers, and the same from a resumed step as in an uninterrupted run (RunOrder). ``rank`` of ``world`` processes
+    (distributed training): this process's share of each of those batches (``config.batch_size`` is the global batch)."""
     # the generator only seeds the workers: drawing their seeds from the global random state would make a resumed run's
     # dropout differ from the uninterrupted one's
     common = dict(num_workers=config.num_workers, persistent_workers=config.num_workers > 0, pin_memory=device.type == "cuda",
                   generator=torch.Generator().manual_seed(config.seed))
     if (config.mods_per_source or 1) > 1:
-        batches = SameSourceBatches(train_set, config.batch_size, config.mods_per_source, config.seed)
+        batches = SameSourceBatches(train_set, config.batch_size, config.mods_per_source, config.seed, rank=rank, world=world)
         per_epoch = len(batches)
         order = RunOrder(per_epoch, 1, config.seed, start, whole_batches=True)
         loader = torch.utils.data.DataLoader(batches, batch_size=None, sampler=order, **common)
     else:
         per_epoch = len(train_set) // config.batch_size
-        order = RunOrder(len(train_set), config.batch_size, config.seed, start)
+        order = RunOrder(len(train_set), config.batch_size, config.seed, start, rank=rank, world=world)
         loader = torch.utils.data.DataLoader(train_set, batch_sampler=order, **common)
     if per_epoch == 0:
         raise ComposeRetrievalError(

@@ -8,13 +8,14 @@ import math
 import os
 import shlex
 import time
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-from . import registry
+from . import distributed, registry
 from .batching import endless, training_loader
 from .checkpoint import atomic_write, load_checkpoint, save_checkpoint
 from .config import RESUMABLE_CHANGES, TrainConfig, recipe_of
@@ -52,22 +53,28 @@ def train(
     resumable state (``resume(run_dir)`` continues it exactly). A run that stops before it
     has saved anything (a bad option met late, a divergence) removes the files it wrote,
     so the same ``--run-dir`` can be used again.
+
+    Started by torchrun with several processes, every process calls it with the same config
+    and they train as one process would with ``config.batch_size`` (the global batch; see
+    ``compose_retrieval.distributed``); rank 0 alone writes the run directory and calls
+    ``on_log``, and every process returns the result.
     """
     config.validate()
     run_dir = Path(config.run_dir) if config.run_dir else None
-    created = bool(run_dir) and not run_dir.exists()
-    if run_dir:
-        claim_run_dir(run_dir, config)
-    try:
-        return _run(config, run_dir, progress, on_log, resuming=False)
-    except BaseException:
-        if run_dir and not (run_dir / CHECKPOINT_NAME).exists() and not has_state(run_dir):
-            for name in ("config.json", "metrics.jsonl"):
-                (run_dir / name).unlink(missing_ok=True)
-            if created:  # a folder this run made and left empty goes too
-                with contextlib.suppress(OSError):
-                    run_dir.rmdir()
-        raise
+    with distributed.session(distributed.device_for(resolve_device(config.device))):
+        created = distributed.is_main() and bool(run_dir) and not run_dir.exists()
+        if run_dir:
+            distributed.on_main(lambda: claim_run_dir(run_dir, config))
+        try:
+            return _run(config, run_dir, progress, on_log, resuming=False)
+        except BaseException:
+            if distributed.is_main() and run_dir and not (run_dir / CHECKPOINT_NAME).exists() and not has_state(run_dir):
+                for name in ("config.json", "metrics.jsonl"):
+                    (run_dir / name).unlink(missing_ok=True)
+                if created:  # a folder this run made and left empty goes too
+                    with contextlib.suppress(OSError):
+                        run_dir.rmdir()
+            raise
 
 
 def resume(run_dir: str | Path, *, progress: bool = True, on_log: Callable[[dict[str, Any]], None] | None = None,
@@ -93,14 +100,18 @@ def resume(run_dir: str | Path, *, progress: bool = True, on_log: Callable[[dict
         raise ComposeRetrievalError(f"{run_dir / 'config.json'} cannot be read ({str(exc)[:200]}); the run cannot be resumed") from None
     config = replace(recorded, run_dir=str(run_dir), **{k: v for k, v in changes.items() if v is not None})
     config.validate()
-    return _run(config, run_dir, progress, on_log, resuming=True)
+    with distributed.session(distributed.device_for(resolve_device(config.device))):  # every process loads the state
+        return _run(config, run_dir, progress, on_log, resuming=True)
 
 
 def _run(config: TrainConfig, run_dir: Path | None, progress: bool, on_log, *, resuming: bool) -> TrainResult:
     seed_everything(config.seed)
-    device = resolve_device(config.device)
+    device = distributed.device_for(resolve_device(config.device))
+    rank, world = distributed.rank(), distributed.world_size()
+    main = rank == 0  # the process that writes files, prints and evaluates
     if config.num_workers is None:  # decoding in parallel pays on a GPU; on a CPU it takes the cores from training
-        config = replace(config, num_workers=min(4, os.cpu_count() or 1) if device.type == "cuda" else 0)
+        cores = max(1, (os.cpu_count() or 1) // distributed.local_world_size())
+        config = replace(config, num_workers=min(4, cores) if device.type == "cuda" else 0)
 
     dataset = registry.create("dataset", config.dataset, data_root=config.data_root, **config.dataset_options)
     loss_name = config.loss or dataset.default_loss
@@ -115,7 +126,7 @@ def _run(config: TrainConfig, run_dir: Path | None, progress: bool, on_log, *, r
         model = build_model(config.model, dataset.preprocessing)
         if not resuming:  # a resumed run's vocabulary comes from its state
             model.text_encoder.fit(dataset.train_texts())
-    if run_dir and not resuming:  # the resolved config (the loss the dataset chose, the model of --init-from)
+    if run_dir and not resuming and main:  # the resolved config (the loss the dataset chose, the model of --init-from)
         atomic_write(run_dir / "config.json", lambda tmp: Path(tmp).write_text(json.dumps(config.to_dict(), indent=2)))
     loss_fn = registry.create("loss", loss_name, **config.loss_options)
     protocol = dataset.protocol(config.protocol)
@@ -142,21 +153,53 @@ def _run(config: TrainConfig, run_dir: Path | None, progress: bool, on_log, *, r
             raise ComposeRetrievalError(f"{run_dir} finished its {config.steps} steps; evaluate it with "
                                         f"`{_command('evaluate', run_dir, config)}`")
 
-    def save_state_now(step: int) -> None:
-        if state_path:
-            save_state(state_path, model=model, optimizer=optimizer, scheduler=scheduler, step=step,
-                       extra={"best": best, "model_extra_state": model.extra_state_metadata()})
+    def save_state_now(step: int, *, together: bool = True) -> None:
+        """Rank 0 writes the state. ``together``: every process calls it at this step (their random states join
+        the state; a failed write stops them all); else only rank 0 does, touching no collective."""
+        ranks_random = distributed.gather_random_states() if together else None
 
-    loader = training_loader(train_set, config, device, start)
-    log = MetricsLog(run_dir, keep_until=start, tensorboard=config.tensorboard)
+        def write() -> None:
+            if state_path:
+                extra = {"best": best, "model_extra_state": model.extra_state_metadata()}
+                if ranks_random:  # the other processes' dropout streams, for an exact resume with as many processes
+                    extra["rank_random"] = ranks_random
+                save_state(state_path, model=model, optimizer=optimizer, scheduler=scheduler, step=step, extra=extra)
+
+        if together:
+            distributed.on_main(write)
+        elif main:
+            write()
+
+    loader = training_loader(train_set, config, device, start, rank=rank, world=world)
+    log = MetricsLog(run_dir if main else None, keep_until=start, tensorboard=config.tensorboard)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=config.amp and device.type == "cuda")
-    forward = torch.compile(model) if config.compile else model
+    forward: Any = model
+    restore_batchnorm = None
+    if world > 1:
+        saved = extra.get("rank_random") if resuming else None
+        if saved and len(saved) == world:
+            if rank:
+                distributed.set_random_state(saved[rank])
+        else:
+            distributed.seed_rank(config.seed, start)
+        if device.type == "cuda":  # statistics over the global batch, as one process computes them
+            restore_batchnorm = distributed.sync_batchnorm(model)
+        elif main and distributed.has_batchnorm(model):
+            warnings.warn("on the CPU each process computes BatchNorm statistics over its own share of the batch "
+                          "(SyncBatchNorm needs a GPU): this model trains close to, not exactly as, one process with "
+                          "the whole batch", RuntimeWarning, stacklevel=3)
+        # static_graph: the same parameters take part at every step, and a combiner that leaves an encoder unused
+        # (image_only, text_only) needs no find_unused_parameters traversal
+        forward = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None, static_graph=True)
+    forward = torch.compile(forward) if config.compile else forward
     recipe = {**recipe_of(config), "protocol": protocol.name}
 
     started = time.perf_counter()
-    running, done = 0.0, start
+    running, done, stopped_together = 0.0, start, False
     try:
-        with TrainingProgress(config.steps, enabled=progress, start=start) as bar:
+        with TrainingProgress(config.steps, enabled=progress and main, start=start) as bar, \
+                distributed.StopRequests(device) as stops:
             batches = endless(loader)
             for step in range(start, config.steps):
                 batch = next(batches)
@@ -165,13 +208,15 @@ def _run(config: TrainConfig, run_dir: Path | None, progress: bool, on_log, *, r
                 targets = batch["target"].to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
                 with autocast:
                     queries, target_embeddings = forward(sources, batch["text"], targets)
+                    if world > 1:  # the global batch, in rank order: the single process's loss, in every process
+                        queries, target_embeddings = _gather_pairs(queries, target_embeddings, world)
                     loss = loss_fn(queries.float(), target_embeddings.float())
                 value = loss.item()  # the step's one host sync
-                if not math.isfinite(value):
-                    raise ComposeRetrievalError(
+                if not math.isfinite(value):  # the loss of the global batch: every process stops here
+                    raise distributed.everywhere(ComposeRetrievalError(
                         f"training diverged: the loss became {value} at step {step + 1}; lower --lr"
                         + (" (the last resumable state is before it)" if start or step >= config.save_every > 0 else " (nothing was saved)")
-                    )
+                    ))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -185,61 +230,93 @@ def _run(config: TrainConfig, run_dir: Path | None, progress: bool, on_log, *, r
                               "images_per_second": round((done - start) * config.batch_size * 2 / elapsed, 1)}
                     running = 0.0
                     log.write(record)
-                    if on_log:
+                    if on_log and main:
                         on_log(record)
                 if validation is not None and (done % config.eval_every == 0 or done == config.steps):
-                    scores = evaluate(model, validation, batch_size=config.eval_batch_size, device=device,
-                                      num_workers=config.num_workers)
-                    log.write({"step": done, "validation": scores})
-                    if best is None or scores["recall@1"] > best["recall@1"]:
-                        best = {"step": done, "recall@1": scores["recall@1"]}
-                        if run_dir:
-                            check_finite(model, f"at step {done}")
-                            save_checkpoint(model, run_dir / BEST_NAME, metrics={"step": done, "validation": scores},
-                                            recipe=recipe)
+
+                    def validate(done: int = done) -> dict[str, Any] | None:  # on rank 0, the others waiting
+                        scores = evaluate(model, validation, batch_size=config.eval_batch_size, device=device,
+                                          num_workers=config.num_workers)
+                        log.write({"step": done, "validation": scores})
+                        if best is None or scores["recall@1"] > best["recall@1"]:
+                            if run_dir:
+                                check_finite(model, f"at step {done}")
+                                save_checkpoint(model, run_dir / BEST_NAME, metrics={"step": done, "validation": scores},
+                                                recipe=recipe)
+                            return {"step": done, "recall@1": scores["recall@1"]}
+                        return best
+
+                    best = distributed.on_main(validate)
                 if config.save_every and done % config.save_every == 0 and done < config.steps:
                     save_state_now(done)
                 bar.advance(value, config.batch_size * 2)
+                if stops.agreed():  # Ctrl-C under torchrun: every process stops after this step
+                    stopped_together = True
+                    raise KeyboardInterrupt
     except KeyboardInterrupt:
+        if restore_batchnorm:
+            restore_batchnorm()
+        # with several processes, one interrupted alone (not through StopRequests) saves without the others
+        together = stopped_together or world == 1
         if state_path and done > start:
-            save_state_now(done)
-        if state_path and has_state(run_dir):
-            raise RunInterrupted(f"interrupted at step {done} of {config.steps}; the run is saved: continue it with "
-                                 f"`{_command('train', run_dir, config)}`") from None
+            save_state_now(done, together=together)
+        if state_path and has_state(run_dir) and (together or main):
+            raise distributed.everywhere(RunInterrupted(
+                f"interrupted at step {done} of {config.steps}; the run is saved: continue it with "
+                f"`{_command('train', run_dir, config)}`")) from None
         raise
+    except BaseException:
+        if restore_batchnorm:
+            restore_batchnorm()
+        raise
+    if restore_batchnorm:  # the trained model has the BatchNorms it was built with (same tensors)
+        restore_batchnorm()
     train_seconds = time.perf_counter() - started
     check_finite(model, f"after {config.steps} steps")
     save_state_now(config.steps)
 
-    # the model is saved before it is evaluated: an evaluation that fails (a broken gallery image) loses nothing
-    metrics: dict[str, Any] = {"step": config.steps, "train_seconds": train_seconds}
-    if dataset.skipped_images:
-        metrics["skipped_images"] = dataset.skipped_images
-    if best is not None:
-        metrics["best_validation"] = best
-    checkpoint = run_dir / CHECKPOINT_NAME if run_dir else None
-    if checkpoint:
-        save_checkpoint(model, checkpoint, metrics=metrics, recipe=recipe)
-    try:
-        metrics = {**evaluate(model, protocol, batch_size=config.eval_batch_size, device=device, num_workers=config.num_workers), **metrics}
-    except Exception as exc:
+    def finish() -> dict[str, Any]:  # on rank 0, the others waiting for its metrics
+        # the model is saved before it is evaluated: an evaluation that fails (a broken gallery image) loses nothing
+        metrics: dict[str, Any] = {"step": config.steps, "train_seconds": train_seconds}
+        if dataset.skipped_images:
+            metrics["skipped_images"] = dataset.skipped_images
+        if best is not None:
+            metrics["best_validation"] = best
+        checkpoint = run_dir / CHECKPOINT_NAME if run_dir else None
         if checkpoint:
-            kind = DatasetError if isinstance(exc, DatasetError) else ComposeRetrievalError
-            raise kind(f"evaluation failed: {_first_line(exc)} (the trained model is saved: {checkpoint}; "
-                       f"evaluate it with `{_command('evaluate', run_dir, config)}` once that is fixed)") from exc
-        raise
-    metrics["eval_seconds"] = round(time.perf_counter() - started - train_seconds, 1)
-    log.write({"eval": metrics})
-    log.close()
-    if checkpoint:
-        save_checkpoint(model, checkpoint, metrics=metrics, recipe=recipe)
+            save_checkpoint(model, checkpoint, metrics=metrics, recipe=recipe)
+        try:
+            metrics = {**evaluate(model, protocol, batch_size=config.eval_batch_size, device=device, num_workers=config.num_workers), **metrics}
+        except Exception as exc:
+            if checkpoint:
+                kind = DatasetError if isinstance(exc, DatasetError) else ComposeRetrievalError
+                raise kind(f"evaluation failed: {_first_line(exc)} (the trained model is saved: {checkpoint}; "
+                           f"evaluate it with `{_command('evaluate', run_dir, config)}` once that is fixed)") from exc
+            raise
+        metrics["eval_seconds"] = round(time.perf_counter() - started - train_seconds, 1)
+        log.write({"eval": metrics})
+        log.close()
+        if checkpoint:
+            save_checkpoint(model, checkpoint, metrics=metrics, recipe=recipe)
+        return metrics
+
+    metrics = distributed.on_main(finish)
     model.eval()
     return TrainResult(model, metrics, run_dir, config)
+
+
+def _gather_pairs(queries: torch.Tensor, targets: torch.Tensor, world: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every process's (queries, targets), concatenated in rank order: one all-gather of both, with gradients."""
+    n = queries.shape[0]
+    both = distributed.gather(torch.cat([queries, targets])).unflatten(0, (world, 2, n))
+    return both[:, 0].flatten(0, 1), both[:, 1].flatten(0, 1)
 
 
 def _command(what: str, run_dir: Path, config: TrainConfig) -> str:
     """The command that evaluates or resumes ``run_dir``: a checkpoint never chooses the data root, so it is given."""
     words = ["compose-retrieval", "evaluate", str(run_dir)] if what == "evaluate" else ["compose-retrieval", "train", "--resume", str(run_dir)]
+    if what == "train" and distributed.active():  # a distributed run continues as it was started
+        words[:1] = ["torchrun", "--nproc-per-node", str(distributed.local_world_size()), "-m", "compose_retrieval"]
     if what == "evaluate" and config.data_root is not None:
         words += ["--data-root", str(config.data_root)]
     return shlex.join(words)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from pathlib import Path
-from typing import Annotated, Any, List, Optional
+from typing import Annotated, Any, Iterator, List, Optional
 
 import typer
 
@@ -62,13 +63,21 @@ def train(
     dataset_opt: Optional[List[str]] = typer.Option(None, help="Dataset option KEY=VALUE (repeatable)."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
-    """Train a model and evaluate recall@K on the dataset's test protocol (or continue a saved run: --resume RUN_DIR)."""
+    """Train a model and evaluate recall@K on the dataset's test protocol (or continue a saved run: --resume RUN_DIR).
+
+    Under torchrun (``torchrun --nproc-per-node N -m compose_retrieval train ...``) every process runs it; they train
+    as one with the global --batch-size, rank 0 alone prints and writes, and the default run directory is rank 0's.
+    """
+    from .. import distributed
     from ..config import make_config
+    from ..devices import resolve_device
     from ..rundir import new_run_dir
     from ..training import resume as resume_training
     from ..training import train as run_training
 
-    with errors_as_exit():
+    if not distributed.is_main():  # one process prints; an error is printed by the process it happened in
+        console.quiet = True
+    with errors_as_exit(), _said_by_rank_0():
         if resume is not None:
             given = [name for name in ctx.params if getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE"]
             changes = {"device": device, "num_workers": workers, "save_every": save_every, "tensorboard": tensorboard or None,
@@ -122,19 +131,36 @@ def train(
         config.validate()
         what = Path(init_from).stem if init_from else config.model.combiner.name
         made = run_dir is None
-        if made:  # a new folder of its own, even when runs start in the same second
-            run_dir = new_run_dir("runs", f"{what}-{config.dataset}".replace(":", "_"))
-            config = dataclasses.replace(config, run_dir=str(run_dir))
-        console.print(f"training [bold]{what}[/] on [bold]{config.dataset}[/] for {config.steps} steps "
-                      f"({config.recipe} recipe) -> {run_dir}", soft_wrap=True)
-        try:
-            result = run_training(config, progress=progress)
-        except BaseException:
-            if made and run_dir.is_dir() and not any(run_dir.iterdir()):  # a run that saved nothing leaves no folder
-                run_dir.rmdir()
-            raise
+        # under torchrun the processes join here, so that they share the run directory rank 0 names
+        with distributed.session(distributed.device_for(resolve_device(config.device))):
+            if made:  # a new folder of its own, even when runs start in the same second
+                run_dir = distributed.on_main(lambda: new_run_dir("runs", f"{what}-{config.dataset}".replace(":", "_")))
+                config = dataclasses.replace(config, run_dir=str(run_dir))
+            console.print(f"training [bold]{what}[/] on [bold]{config.dataset}[/] for {config.steps} steps "
+                          f"({config.recipe} recipe) -> {run_dir}"
+                          + (f" on {distributed.world_size()} processes" if distributed.active() else ""), soft_wrap=True)
+            try:
+                result = run_training(config, progress=progress)
+            except BaseException:
+                if made and distributed.is_main() and run_dir.is_dir() and not any(run_dir.iterdir()):
+                    run_dir.rmdir()  # a run that saved nothing leaves no folder
+                raise
     print_metrics(result.metrics, f"{what} on {config.dataset}")
     console.print(f"run directory: {result.run_dir}")
+
+
+@contextlib.contextmanager
+def _said_by_rank_0() -> Iterator[None]:
+    """Under torchrun, an error that every process raises (a copy of rank 0's, a shared divergence, an agreed Ctrl-C)
+    is printed by rank 0 alone; the others exit 1 in silence."""
+    from .. import distributed
+
+    try:
+        yield
+    except Exception as exc:
+        if not distributed.is_main() and distributed.raised_everywhere(exc):
+            raise typer.Exit(1) from None
+        raise
 
 
 @app.command()
