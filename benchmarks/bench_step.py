@@ -8,11 +8,20 @@ costs on top of the backbone.
 
     python benchmarks/bench_step.py                      # every registered combiner, the cpu recipe's backbone
     python benchmarks/bench_step.py --combiners tirg concat --backbone resnet18 --device cuda --image-size 224
+    python benchmarks/bench_step.py --combiners tirg --profile        # and where a step's time goes
 
 Each combiner is built and timed on its own, interleaved with the floor, and the
 medians of the repeats are reported, so a noisy machine moves both alike; each
 timing starts after one untimed step, so it measures a model's steady state (as in
 training) rather than the cache misses of switching between models.
+
+``--profile`` adds, for each combiner, the step's parts timed on their own (interleaved
+with the whole step and the floor, medians): the image encoder's forward + backward
+(the floor plus its pooling head), the text encoder's, the combiner's with the
+normalisation and the loss (on fixed encoder outputs), and the optimizer's zero_grad +
+step; "rest" is the step less the parts (the model's own glue, autograd's scheduling
+across parts). Then torch.profiler's table of the operators with the most time in the
+whole step.
 """
 
 from __future__ import annotations
@@ -56,6 +65,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--iters", type=int, default=5, help="steps per timing")
     parser.add_argument("--repeats", type=int, default=5, help="interleaved timings; the median is reported")
+    parser.add_argument("--profile", action="store_true", help="time the step's parts and print the profiler's top operators")
     args = parser.parse_args()
 
     device = torch.device(args.device)
@@ -107,7 +117,82 @@ def main() -> None:
             step_times.append(_time(step, device, args.iters))
         step_ms, floor_ms = statistics.median(step_times) * 1000, statistics.median(floor_times) * 1000
         print(f"| {name} | {step_ms:.1f} | {floor_ms:.1f} | {step_ms / floor_ms:.2f} |", flush=True)
+        if args.profile:
+            _profile(name, model, optimizer, step, floor, sources, targets, texts, loss_fn, autocast, device, args)
         del model, optimizer, step
+
+
+def _profile(name, model, optimizer, step, floor, sources, targets, texts, loss_fn, autocast, device, args) -> None:
+    """The parts of ``step`` timed on their own (interleaved, medians), then the profiler's top operators."""
+    both = torch.cat([sources, targets])
+    n = sources.shape[0]
+    combiner = model.combiner
+    parts = {"step": step, "floor (backbone)": floor}
+    if combiner.uses_image:
+        def image():
+            model.zero_grad(set_to_none=True)
+            with autocast:
+                loss = model.image_encoder(both).pooled.float().mean()
+            loss.backward()
+        parts["image encoder"] = image
+    if combiner.uses_text:
+        def text():
+            model.zero_grad(set_to_none=True)
+            with autocast:
+                loss = model.text_encoder(texts).sentence.float().mean()
+            loss.backward()
+        parts["text encoder"] = text
+    if not combiner.conditions_image_encoder:
+        with torch.no_grad(), autocast:  # fixed encoder outputs, leaves of the combiner's part
+            features = model.image_encoder(both) if combiner.uses_image else None
+            text_features = model.text_encoder(texts) if combiner.uses_text else None
+            target_pooled = features.pooled[n:] if features is not None else model.image_encoder(targets).pooled
+
+        def leaf(t):
+            return t.detach().clone().requires_grad_(t.is_floating_point())
+
+        def head():
+            model.zero_grad(set_to_none=True)
+            with autocast:
+                image_leaf = cr.ImageFeatures(*(leaf(f[:n]) for f in features)) if features is not None else None
+                text_leaf = cr.TextFeatures(*(leaf(t) for t in text_features)) if text_features is not None else None
+                queries = model._compose(image_leaf, text_leaf)
+                gallery = model.normalization(leaf(target_pooled))
+                loss = loss_fn(queries.float(), gallery.float())
+            loss.backward()
+        parts["combiner + normalisation + loss"] = head
+    step()  # gradients for the optimizer's part
+
+    parts["optimizer"] = optimizer.step  # on the step's gradients, kept: the same work as in training
+
+    times = {part: [] for part in parts}
+    for _ in range(args.repeats):
+        for part, fn in parts.items():
+            times[part].append(_time(fn, device, args.iters))
+    ms = {part: statistics.median(t) * 1000 for part, t in times.items()}
+    shown = [p for p in parts if p not in ("step", "floor (backbone)")]
+    print(f"\n{name}: the step's parts, each timed on its own (median of {args.repeats} x {args.iters} steps)\n")
+    print("| part | ms | of the step |")
+    print("|---|---:|---:|")
+    floor_ms = ms["floor (backbone)"]
+    print(f"| floor: backbone forward + backward | {floor_ms:.1f} | {floor_ms / ms['step']:.0%} |")
+    for part in shown:
+        value = ms[part] - (floor_ms if part == "image encoder" else 0.0)
+        label = "image encoder beyond the floor (its head)" if part == "image encoder" else part
+        print(f"| {label} | {value:.1f} | {value / ms['step']:.0%} |")
+    rest = ms["step"] - sum(ms[p] for p in shown)
+    print(f"| rest (glue, scheduling) | {rest:.1f} | {rest / ms['step']:.0%} |")
+    print(f"| **step** | {ms['step']:.1f} | 100% |\n")
+
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for _ in range(args.iters):
+            step()
+        _sync(device)
+    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    print(prof.key_averages().table(sort_by=sort, row_limit=20))
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from compose_retrieval.errors import CheckpointError, DatasetError
 from compose_retrieval import TextEncoder, TextFeatures
 from compose_retrieval.options import Range
 
+from .recurrence import lstm_states
 from .vocabulary import TOKENIZERS, Vocabulary
 
 
@@ -101,8 +102,14 @@ class LSTMTextEncoder(TextEncoder):
     def forward(self, texts: Sequence[str]) -> TextFeatures:
         ids, lengths = self.token_ids(texts)
         device = self.embedding.weight.device
-        ids = ids.to(device, non_blocking=True)
-        states, _ = self.lstm(self.embedding(ids))
-        last = states[torch.arange(len(texts), device=device), (lengths - 1).to(device)]
-        mask = torch.arange(ids.shape[1], device=device)[None, :] < lengths.to(device)[:, None]
+        if device.type == "cpu" and not torch.is_autocast_enabled("cpu"):
+            # nn.LSTM's arithmetic with about half its work (recurrence.py)
+            states = lstm_states(self.lstm, self.embedding, ids, lengths)
+            mask = torch.arange(ids.shape[1])[None, :] < lengths[:, None]
+        else:  # cuDNN's fused LSTM over the padded batch, its states past a text's end set to 0
+            ids, lengths = ids.to(device, non_blocking=True), lengths.to(device)
+            states, _ = self.lstm(self.embedding(ids))
+            mask = torch.arange(ids.shape[1], device=device)[None, :] < lengths[:, None]
+            states = states.masked_fill(~mask[:, :, None], 0.0)
+        last = states[torch.arange(len(texts), device=device), lengths - 1]
         return TextFeatures(self.fc(self.dropout(last)), states, mask)
