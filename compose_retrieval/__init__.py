@@ -31,6 +31,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .zoo import list_pretrained, load_pretrained, save_pretrained
 from .config import TrainConfig, make_config
 from .training import train
+from .composition import CompositionTask, classify, composition_metrics
 
 __version__ = "0.1.0"
 
@@ -45,5 +46,6 @@ __all__ = [
     "ComponentSpec", "ComposedRetrievalModel", "ModelSpec", "build_model",
     "load_checkpoint", "save_checkpoint", "list_pretrained", "load_pretrained", "save_pretrained",
     "TrainConfig", "make_config", "train",
+    "CompositionTask", "classify", "composition_metrics",
     "__version__",
 ]

@@ -131,6 +131,19 @@ class Combiner(Component):
     def forward(self, image: ImageFeatures | None, text: TextFeatures | None) -> Tensor:
         raise NotImplementedError
 
+    def pair_prototypes(self, objects: ImageFeatures, attributes: TextFeatures | None) -> Tensor | None:
+        """Optional: the combiner's own pair scorer for compositional classification (``compose_retrieval.composition``).
+
+        Row j of ``objects`` is the mean image features (pooled vector and feature map) of
+        candidate pair j's object over its training images with another attribute; row j
+        of ``attributes`` is the text features of the pair's attribute (None when the
+        combiner reads no text). Return pair j's prototype, a (P, embed_dim) vector or a
+        (P, map_channels, H, W) map as ``forward`` does; images are scored by cosine to it.
+        The default (not overridden, or None returned) lets the engine use its prototype
+        rule: the mean of the normalised ``compose(x, attribute)`` over those images.
+        """
+        return None
+
 
 class Loss(Component):
     """(queries (B, D), targets (B, D)) -> scalar; row i of queries matches row i of targets."""

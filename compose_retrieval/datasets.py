@@ -38,7 +38,7 @@ from __future__ import annotations
 import difflib
 import warnings
 from pathlib import Path
-from typing import Annotated, Any, Callable, ClassVar, Iterable, Sequence, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Callable, ClassVar, Iterable, Sequence, TypeVar
 
 import torch
 
@@ -47,6 +47,9 @@ from .errors import DatasetError
 from .options import Range
 from .preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from .protocol import RetrievalProtocol
+
+if TYPE_CHECKING:
+    from .composition import CompositionTask
 
 __all__ = ["Dataset", "FileDataset"]
 
@@ -80,6 +83,10 @@ class Dataset:
     modifications, ``mods_of(source) -> {text: [targets]}``, as ``Triplets`` and
     ``SampledPairs`` do); ``name``, the name messages use (default: the registered
     name, else the class name); ``description`` (default: the docstring's first line).
+
+    Optional: ``composition_split_names`` and ``build_composition_task(split, phase)``, a
+    compositional classification task (``compose_retrieval.composition.CompositionTask``)
+    that ``compose-retrieval classify`` and ``compose_retrieval.classify`` run.
 
     Attributes every instance has: ``preprocessing`` (a ``Preprocessing``, set in
     ``__init__``; see the module docstring for why it is read late), and
@@ -121,6 +128,29 @@ class Dataset:
         none, and the engine holds out a seeded slice of the training pairs instead (a training set of fixed
         pairs, ``Triplets``, can give them up; one that draws its pairs by a rule cannot)."""
         return None
+
+    composition_split_names: ClassVar[tuple[str, ...]] = ()
+    """The splits of the optional compositional classification task (``composition_task``), the default first."""
+
+    def composition_splits(self) -> list[str]:
+        """The names of the compositional classification splits (``composition_split_names`` unless overridden)."""
+        return list(self.composition_split_names)
+
+    def composition_task(self, split: str | None = None, phase: str = "test") -> CompositionTask:
+        """Optional: the compositional classification task of ``split`` (None: the first of ``composition_splits()``)
+        for ``phase`` ("val" or "test"), a ``compose_retrieval.composition.CompositionTask``; checks the split name
+        and calls ``build_composition_task``. A dataset without such a task (the default) says so in one line."""
+        names = self.composition_splits()
+        if not names:
+            raise DatasetError(f"{self.display_name()} offers no compositional classification task")
+        split = names[0] if split is None else split
+        if split not in names:
+            raise DatasetError(f"{self.display_name()} has no classification split {split!r}; its splits: {', '.join(names)}")
+        return self.build_composition_task(split, phase)
+
+    def build_composition_task(self, split: str, phase: str) -> CompositionTask:
+        """The ``CompositionTask`` of ``split`` (one of ``composition_splits()``) for ``phase``."""
+        raise NotImplementedError(f"{type(self).__name__} must define build_composition_task(split, phase)")
 
     def protocol(self, name: str | None = None) -> RetrievalProtocol:
         """The test protocol ``name`` (None: the first of ``protocols()``); an unknown name is a one-line error."""

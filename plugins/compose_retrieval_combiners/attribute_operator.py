@@ -49,3 +49,14 @@ class AttributeOperator(Combiner):
             u, v = p.view(-1, 2, self.dim, self.rank).unbind(1)
             delta_x = torch.bmm(u, torch.bmm(v.transpose(1, 2), x[:, :, None])).squeeze(2)
         return self.out(x + delta_x)
+
+    def pair_prototypes(self, objects: ImageFeatures, attributes: TextFeatures) -> Tensor:
+        """Attributes as Operators' own pair scorer: the attribute's operator applied to the object.
+
+        In the paper a pair (a, o) is the point relu(A_a e_o), e_o a learnt object
+        embedding, and an image scores -||g(x) - relu(A_a e_o)||^2. Here e_o is the mean
+        image vector of the object's training images with another attribute (``objects``,
+        given by the engine) and the point T(a) e_o; images score by cosine to it, which
+        ranks as the negative squared distance of unit vectors does.
+        """
+        return self(objects, attributes)
