@@ -1,10 +1,10 @@
-"""Evaluation: embed the gallery once, compose the queries in batches, rank in chunks, score by the protocol."""
+"""Evaluation: embed the gallery once, compose the queries in batches, rank them (ranking.py), score by the protocol."""
 
 from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -17,8 +17,9 @@ from .errors import CheckpointError, OptionError, UnknownNameError
 from .protocol import RetrievalProtocol
 from .model import ComposedRetrievalModel
 from .options import Range, check_value
+from .ranking import BACKENDS, top_k
 
-__all__ = ["embed_gallery", "compose_queries", "top_k", "recall_at_k", "evaluate", "evaluate_checkpoint"]
+__all__ = ["embed_gallery", "compose_queries", "recall_at_k", "evaluate", "evaluate_checkpoint"]
 
 
 def _loader(images, indices: Tensor | None, batch_size: int, num_workers: int, device: torch.device) -> DataLoader:
@@ -66,25 +67,6 @@ def compose_queries(
     return torch.cat(out)
 
 
-def top_k(queries: Tensor, gallery: Tensor, k: int, exclude: Tensor | None = None, chunk: int = 1024) -> Tensor:
-    """(Q, k) gallery indices ranked by cosine similarity, ``chunk`` queries at a time.
-
-    ``exclude[i]`` (>= 0) is a gallery index never returned for query i. Memory stays
-    at ``chunk x len(gallery)`` similarities whatever the number of queries.
-    """
-    k = min(k, gallery.shape[0] - (1 if exclude is not None else 0))
-    out = torch.empty(queries.shape[0], k, dtype=torch.long)
-    for start in range(0, queries.shape[0], chunk):
-        q = queries[start : start + chunk]
-        sims = q @ gallery.T
-        if exclude is not None:
-            ex = exclude[start : start + chunk].to(sims.device)
-            rows = torch.nonzero(ex >= 0).squeeze(1)
-            sims[rows, ex[rows]] = float("-inf")
-        out[start : start + len(q)] = sims.topk(k, dim=1).indices.cpu()
-    return out
-
-
 def recall_at_k(ranked: Tensor, gallery_labels: Tensor, query_labels: Tensor, ks: tuple[int, ...]) -> dict[int, float]:
     """Fraction of queries with a hit (same label) among the first K results, for each K."""
     hits = gallery_labels[ranked] == query_labels[:, None]
@@ -98,13 +80,16 @@ def evaluate(
     batch_size: int = 256,
     device: torch.device | str | None = None,
     num_workers: int = 0,
+    ranking_backend: str = "torch",
 ) -> dict[str, Any]:
     """Recall@K of ``model`` under ``protocol``; keys "recall@K" (and "<view>_recall@K" for other views).
 
     ``num_workers`` processes read (decode and preprocess) the images while the model runs; 0 reads them here.
+    ``ranking_backend``: "torch" (exact, in chunks) or "faiss" (an exact FAISS index; see ``ranking.top_k``).
     """
     check_value("evaluate", "batch_size", batch_size, Annotated[int, Range(1, None)])
     check_value("evaluate", "num_workers", num_workers, Annotated[int, Range(0, None)])
+    check_value("evaluate", "ranking_backend", ranking_backend, Literal[BACKENDS])
     device = torch.device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -113,7 +98,7 @@ def evaluate(
         queries = compose_queries(model, protocol, batch_size, device, num_workers)
     finally:
         model.train(was_training)
-    ranked = top_k(queries, gallery, max(protocol.ks), protocol.query_exclude.to(device))
+    ranked = top_k(queries, gallery, max(protocol.ks), protocol.query_exclude, backend=ranking_backend)
     metrics: dict[str, Any] = {"protocol": protocol.name, "queries": len(protocol.query_texts), "gallery": len(protocol.gallery)}
     for view, labels in protocol.query_labels.items():
         prefix = "" if view == "label" else f"{view}_"

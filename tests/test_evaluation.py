@@ -1,4 +1,4 @@
-"""Ranking in chunks, recall@K, and evaluate() on protocols whose answers are known."""
+"""Recall@K and evaluate() on protocols whose answers are known (the ranking itself: test_ranking.py)."""
 
 from __future__ import annotations
 
@@ -7,44 +7,8 @@ import torch
 from torch import nn
 
 from compose_retrieval import DatasetError
-from compose_retrieval.evaluation import evaluate, recall_at_k, top_k
+from compose_retrieval.evaluation import evaluate, recall_at_k
 from compose_retrieval.protocol import RetrievalProtocol
-
-
-def _reference_ranking(queries, gallery, exclude, k):
-    sims = queries @ gallery.T
-    rows = []
-    for i in range(queries.shape[0]):
-        order = [j for j in torch.argsort(sims[i], descending=True).tolist() if j != int(exclude[i])]
-        rows.append(order[:k])
-    return torch.tensor(rows)
-
-
-@pytest.mark.parametrize("chunk", [1, 4, 7, 1000])
-def test_top_k_in_chunks_equals_full_argsort(chunk):
-    gen = torch.Generator().manual_seed(chunk)
-    queries = torch.randn(23, 8, generator=gen, dtype=torch.float64)
-    gallery = torch.randn(17, 8, generator=gen, dtype=torch.float64)
-    exclude = torch.randint(0, 17, (23,), generator=gen)
-    exclude[::5] = -1  # some queries exclude nothing
-    ranked = top_k(queries, gallery, 6, exclude, chunk=chunk)
-    assert ranked.shape == (23, 6) and ranked.dtype == torch.long
-    assert torch.equal(ranked, _reference_ranking(queries, gallery, exclude, 6))
-    for i in range(23):
-        assert int(exclude[i]) not in ranked[i].tolist()
-
-
-def test_top_k_without_exclusion_and_with_k_beyond_gallery():
-    gen = torch.Generator().manual_seed(0)
-    queries, gallery = torch.randn(9, 4, generator=gen), torch.randn(5, 4, generator=gen)
-    full = top_k(queries, gallery, 100, chunk=2)
-    assert torch.equal(full, torch.argsort(queries @ gallery.T, dim=1, descending=True))
-
-    exclude = torch.arange(9) % 5
-    ranked = top_k(queries, gallery, 100, exclude, chunk=4)
-    assert ranked.shape == (9, 4)  # every gallery image but the excluded one
-    for i in range(9):
-        assert sorted(ranked[i].tolist()) == [j for j in range(5) if j != int(exclude[i])]
 
 
 def test_recall_at_k_hand_made():
