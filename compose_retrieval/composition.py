@@ -426,7 +426,10 @@ def pair_prototypes(
     by_object: dict[str, list[int]] = defaultdict(list)  # object -> its training images
     for i, (_, o) in enumerate(task.train_labels):
         by_object[o].append(i)
-    has_other = {(a, o): any(task.train_labels[i][0] != a for i in by_object.get(o, ())) for a, o in pairs}
+    with_attribute = defaultdict(int)  # (attribute, object) -> its training images
+    for label in task.train_labels:
+        with_attribute[label] += 1
+    has_other = {(a, o): len(by_object.get(o, ())) > with_attribute.get((a, o), 0) for a, o in pairs}
     missing = sum(not v for v in has_other.values())
     if native and scorer != "prototype":
         prototypes = _native_prototypes(model, task, pairs, by_object, text, attribute_id, batch_size, device,

@@ -166,3 +166,20 @@ def test_classify_through_the_cli(tmp_path):
     assert_one_line_error(invoke("classify", run, "--split", "natural"), "no classification split 'natural'")
     assert_one_line_error(invoke("classify", run, "--phase", "train"), "not 'train'")
     assert_one_line_error(invoke("classify", run, "--scorer", "best"), "scorer")
+
+
+def test_a_pair_whose_object_has_no_other_attribute_gets_no_prototype(pairs_dataset):
+    """(red, box): the only training images of "box" are red, so no image of it shows another attribute."""
+    from compose_retrieval import CompositionTask
+
+    images = pairs_dataset.images("train")
+    task = CompositionTask(
+        name="tiny", images=images, labels=[("red", "box"), ("blue", "ball")] * (len(images) // 2),
+        train_pairs=[("red", "box"), ("red", "ball")], phase_pairs=[("blue", "ball")],
+        pairs=[("red", "box"), ("red", "ball"), ("blue", "ball")], train_images=images,
+        train_labels=[("red", "box"), ("red", "ball")] * (len(images) // 2), texts={"red": "red", "blue": "blue"},
+    )
+    prototypes, how = pair_prototypes(tiny_model("tirg"), task, task.candidates(open_world=True))
+    assert task.candidates(open_world=True) == [("blue", "ball"), ("blue", "box"), ("red", "ball"), ("red", "box")]
+    assert how["pairs_without_prototype"] == 2  # red ball and red box: every image of their object is red
+    assert prototypes[2:].abs().sum() == 0 and (prototypes[:2].norm(dim=1) - 1).abs().max() < 1e-5
