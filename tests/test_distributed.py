@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -105,7 +106,15 @@ def losses_of(run_dir):
 @pytest.fixture(scope="module")
 def two_processes(tmp_path_factory):
     root = tmp_path_factory.mktemp("ddp")
-    mp.spawn(_worker, args=(2, free_port(), str(root)), nprocs=2, join=True)
+    try:
+        mp.spawn(_worker, args=(2, free_port(), str(root)), nprocs=2, join=True)
+    except mp.ProcessExitedException as exc:
+        # Seen in 2 of 4 full-suite runs on a loaded 2-core machine: a worker aborts ("terminate called without an active
+        # exception", gloo's threads at interpreter exit) after it has written its results. A worker that died before
+        # finishing its work has written no result file, and the test fails on that as before.
+        if not all((root / f"rank{r}.json").is_file() for r in range(2)):
+            raise
+        warnings.warn(f"a DDP worker ended abnormally after writing its results: {exc}", RuntimeWarning)
     return root
 
 
