@@ -26,7 +26,6 @@ time and keep only each image's best few seen and unseen pairs.
 from __future__ import annotations
 
 import itertools
-import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,9 +36,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Subset
 
-from . import registry
 from .components import Combiner
-from .errors import CheckpointError, ComposeRetrievalError, DatasetError, OptionError, UnknownNameError
+from .errors import ComposeRetrievalError, DatasetError, OptionError
 from .features import ImageFeatures, TextFeatures
 from .model import ComposedRetrievalModel
 from .options import Range, check_value
@@ -633,43 +631,14 @@ def classify_checkpoint(
     checkpoint's preprocessing. ``split`` None: the protocol the model was trained on when the dataset has a split of
     that name, else the dataset's first split. A model trained on a protocol of the same dataset that saw the
     split's unseen pairs is refused. ``chance_draws`` > 0 adds ``metrics["chance"]`` (``chance_metrics``)."""
-    from .checkpoint import check_loaded_options, install_hint, load_checkpoint
-    from .devices import resolve_device
+    from .evaluation import load_with_dataset
     from .zoo import resolve
 
     check_value("classify", "chance_draws", chance_draws, Annotated[int, Range(0, 10_000)])
-    device = resolve_device(device)
-    path = resolve(path)
-    model, meta = load_checkpoint(path, map_location=device)
-    model.place(device)
+    path = resolve(path)  # the file, named in messages and the metrics
+    model, meta, dataset, device = load_with_dataset(path, data_root=data_root, device=device, doing="classify")
     recipe = meta.get("recipe") or {}
-    name = recipe.get("dataset")
-    if not isinstance(name, str):
-        raise CheckpointError(f"{path} records no dataset; it cannot classify without one")
-    if data_root is None and recipe.get("data_root") is not None:
-        raise CheckpointError(
-            f"{path} was trained on {name!r} from files in {str(recipe['data_root'])[:200]!r}; a checkpoint never "
-            "chooses the files read: give --data-root DIR (that folder, if you trust it)")
-    options = recipe.get("dataset_options") or {}
-    if not isinstance(options, dict):
-        raise CheckpointError(f"{path} records dataset options that are not a mapping")
-    options = dict(options)
-    try:
-        registry.get_entry("dataset", name)
-    except UnknownNameError as exc:
-        raise CheckpointError(f"{path} was trained on the dataset {name[:100]!r}, which no installed plugin provides; "
-                              f"{install_hint(meta, ('dataset',), exc)}") from None
-    accepted = registry.accepted_options("dataset", name)
-    for key in [k for k in options if accepted is not None and k not in accepted]:
-        warnings.warn(f"{path} records the dataset option {key}={options.pop(key)!r}, which {name!r} no longer takes; "
-                      "classifying without it")
-    try:
-        check_loaded_options("dataset", name, options)
-    except OptionError as exc:
-        raise CheckpointError(f"{path}: {exc}") from None
-    dataset = registry.create("dataset", name, data_root=data_root, **options)
-    if model.preprocessing is not None:
-        dataset.preprocessing = model.preprocessing
+    name = recipe["dataset"]
     trained_on = recipe.get("protocol")
     splits = dataset.composition_splits()
     if split is None and isinstance(trained_on, str) and trained_on in splits:

@@ -19,7 +19,7 @@ from .model import ComposedRetrievalModel
 from .options import Range, check_value
 from .ranking import BACKENDS, top_k
 
-__all__ = ["embed_gallery", "compose_queries", "recall_at_k", "evaluate", "evaluate_checkpoint"]
+__all__ = ["embed_gallery", "compose_queries", "recall_at_k", "evaluate", "evaluate_checkpoint", "load_with_dataset"]
 
 
 def _loader(images, indices: Tensor | None, batch_size: int, num_workers: int, device: torch.device) -> DataLoader:
@@ -115,14 +115,29 @@ def evaluate_checkpoint(
     device: str = "auto",
     batch_size: int = 256,
     num_workers: int = 0,
+    ranking_backend: str = "torch",
 ) -> dict[str, Any]:
     """Evaluate a checkpoint (a file, a run directory or a zoo name) on the dataset recorded in it.
 
-    ``num_workers``: processes that read the images (see ``evaluate``).
+    ``num_workers`` and ``ranking_backend``: as in ``evaluate``. The data come from ``data_root``
+    (see ``load_with_dataset``).
+    """
+    model, meta, dataset, device = load_with_dataset(path, data_root=data_root, device=device, doing="evaluate")
+    recorded = (meta.get("metrics") or {}).get("protocol")
+    protocol = protocol or (recorded if isinstance(recorded, str) else None)
+    return evaluate(model, dataset.protocol(protocol), batch_size=batch_size, device=device, num_workers=num_workers,
+                    ranking_backend=ranking_backend)
 
-    The data come from ``data_root``, the folder the caller gives: a checkpoint names the
-    dataset and its options but never chooses the files that are read, so a checkpoint
-    that recorded a data root needs it given again (the error says which it was).
+
+def load_with_dataset(
+    path: str | Path, *, data_root: str | None = None, device: str = "auto", doing: str = "evaluate"
+) -> tuple[ComposedRetrievalModel, dict[str, Any], Any, torch.device]:
+    """A checkpoint (a file, a run directory or a zoo name) on ``device``, its metadata, the dataset it was trained
+    on rebuilt with its recorded options and fed with the checkpoint's preprocessing, and the device.
+
+    The data come from ``data_root``, the folder the caller gives: a checkpoint names the dataset and its options but
+    never chooses the files that are read, so a checkpoint that recorded a data root needs it given again (the error
+    says which it was). ``doing`` ("evaluate", "classify") words the errors.
     """
     from .devices import resolve_device
     from .zoo import resolve
@@ -132,33 +147,33 @@ def evaluate_checkpoint(
     model, meta = load_checkpoint(path, map_location=device)
     model.place(device)
     recipe = meta.get("recipe") or {}
-    if not isinstance(recipe.get("dataset"), str):
-        raise CheckpointError(f"{path} records no dataset; it cannot be evaluated without one")
+    name = recipe.get("dataset")
+    if not isinstance(name, str):
+        raise CheckpointError(f"{path} records no dataset; it cannot {doing} without one")
     recorded_root = recipe.get("data_root")
     if data_root is None and recorded_root is not None:
         raise CheckpointError(
-            f"{path} was trained on {recipe['dataset']!r} from files in {str(recorded_root)[:200]!r}; a checkpoint never "
-            "chooses the files evaluation reads: give --data-root DIR (that folder, if you trust it)"
+            f"{path} was trained on {name!r} from files in {str(recorded_root)[:200]!r}; a checkpoint never "
+            "chooses the files that are read: give --data-root DIR (that folder, if you trust it)"
         )
     options = recipe.get("dataset_options") or {}
     if not isinstance(options, dict):
         raise CheckpointError(f"{path} records dataset options that are not a mapping")
     options = dict(options)
     try:
-        registry.get_entry("dataset", recipe["dataset"])
+        registry.get_entry("dataset", name)
     except UnknownNameError as exc:
-        raise CheckpointError(f"{path} was trained on the dataset {recipe['dataset'][:100]!r}, which no installed plugin "
+        raise CheckpointError(f"{path} was trained on the dataset {name[:100]!r}, which no installed plugin "
                               f"provides; {install_hint(meta, ('dataset',), exc)}") from None
-    accepted = registry.accepted_options("dataset", recipe["dataset"])
+    accepted = registry.accepted_options("dataset", name)
     for key in [k for k in options if accepted is not None and k not in accepted]:
-        warnings.warn(f"{path} records the dataset option {key}={options.pop(key)!r}, which {recipe['dataset']!r} no longer takes; evaluating without it")
+        warnings.warn(f"{path} records the dataset option {key}={options.pop(key)!r}, which {name!r} no longer takes; "
+                      f"continuing without it")
     try:
-        check_loaded_options("dataset", recipe["dataset"], options)
+        check_loaded_options("dataset", name, options)
     except OptionError as exc:
         raise CheckpointError(f"{path}: {exc}") from None
-    dataset = registry.create("dataset", recipe["dataset"], data_root=data_root, **options)
+    dataset = registry.create("dataset", name, data_root=data_root, **options)
     if model.preprocessing is not None:  # feed the images as the model was trained on them
         dataset.preprocessing = model.preprocessing
-    recorded = (meta.get("metrics") or {}).get("protocol")
-    protocol = protocol or (recorded if isinstance(recorded, str) else None)
-    return evaluate(model, dataset.protocol(protocol), batch_size=batch_size, device=device, num_workers=num_workers)
+    return model, meta, dataset, device

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from torch import nn
@@ -196,3 +198,23 @@ def test_evaluate_checkpoint_hands_num_workers_to_evaluate(tmp_path, monkeypatch
     monkeypatch.setattr(evaluation, "evaluate", lambda model, protocol, **options: seen.append(options) or {})
     evaluation.evaluate_checkpoint(path, device="cpu", batch_size=8, num_workers=3)
     assert len(seen) == 1 and seen[0]["num_workers"] == 3 and seen[0]["batch_size"] == 8
+
+
+def test_evaluate_from_the_cli_ranks_with_faiss_as_with_torch(tmp_path):
+    import compose_retrieval
+    from conftest import TINY_DATASET, tiny_model
+    from typer.testing import CliRunner
+
+    from compose_retrieval.cli import app
+
+    path = compose_retrieval.save_pretrained(
+        tiny_model("concat").eval(), tmp_path / "tiny.safetensors",
+        recipe={"dataset": "css-synthetic", "dataset_options": dict(TINY_DATASET)})
+    results = {}
+    for backend in ("torch", "faiss"):
+        result = CliRunner().invoke(app, ["evaluate", str(path), "--device", "cpu", "--json", "--ranking-backend", backend])
+        assert result.exit_code == 0, result.output
+        results[backend] = json.loads(result.output)
+    assert results["torch"] == results["faiss"] and "recall@1" in results["torch"]
+    result = CliRunner().invoke(app, ["evaluate", str(path), "--device", "cpu", "--ranking-backend", "annoy"])
+    assert result.exit_code == 1 and "ranking_backend" in result.output and "annoy" in result.output

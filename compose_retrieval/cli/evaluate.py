@@ -20,6 +20,7 @@ def evaluate(
     device: str = typer.Option("auto", help="auto, cpu, cuda, ..."),
     batch_size: int = typer.Option(256, help="Images per forward pass."),
     workers: int = typer.Option(0, help="DataLoader processes decoding images (helps with image files, not in-memory data)."),
+    ranking_backend: str = typer.Option("torch", help="torch (exact, chunked) or faiss (exact FAISS index; pip install \"compose-retrieval[faiss]\")."),
     json_output: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
 ) -> None:
     """Evaluate a saved model on the test protocol of the dataset it was trained on."""
@@ -27,7 +28,7 @@ def evaluate(
 
     with errors_as_exit():
         metrics = evaluate_checkpoint(path, data_root=data_root, protocol=protocol, device=device, batch_size=batch_size,
-                                      num_workers=workers)
+                                      num_workers=workers, ranking_backend=ranking_backend)
     if json_output:
         typer.echo(json.dumps(metrics))
     else:
