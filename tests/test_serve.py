@@ -1,0 +1,282 @@
+"""The search page's HTTP layer (FastAPI's TestClient): search by upload and by indexed path, only indexed files
+served (no traversal), uploads size-limited, decoded in memory and never written, one-line errors; and the
+`serve` command."""
+
+from __future__ import annotations
+
+import io
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+pytest.importorskip("fastapi", reason='the serve extra: pip install "compose-retrieval[serve]"')
+from fastapi.testclient import TestClient  # noqa: E402
+
+from compose_retrieval.errors import ComposeRetrievalError  # noqa: E402
+from compose_retrieval.serve import create_app  # noqa: E402
+
+COLOURS = {"red.png": (220, 30, 30), "green.png": (30, 200, 30), "sub/blue.png": (30, 30, 220), "sub/white.jpg": (250, 250, 250)}
+
+
+def png_bytes(colour=(10, 20, 30), size=(8, 8), fmt="PNG") -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", size, colour).save(out, fmt)
+    return out.getvalue()
+
+
+@dataclass
+class FakeResult:
+    paths: list[str]
+    scores: list[float]
+
+    def to_dict(self) -> dict:
+        return {"results": [{"rank": i + 1, "path": p, "score": s} for i, (p, s) in enumerate(zip(self.paths, self.scores))]}
+
+
+class FakeIndex:
+    """What create_app uses of an Index: paths, file_path (refusing anything not indexed), search -> to_dict()."""
+
+    def __init__(self, folder: Path, paths: list[str]):
+        self.folder, self.paths = folder, paths
+        self.identity = {"name": "fake-model", "path": "/somewhere/private/fake.safetensors", "sha256": "ab" * 32}
+        self.backend, self.skipped = "exact", [{"path": "broken.png", "reason": "unreadable"}]
+        self.calls: list[tuple] = []
+
+    def file_path(self, relative: str) -> Path:
+        if relative not in self.paths:
+            raise ComposeRetrievalError(f"{relative!r} is not a file of the index")
+        return self.folder / relative
+
+    def search(self, image=None, text=None, k=10):
+        if image is None and text is not None:
+            raise ComposeRetrievalError("this model's combiner needs an image: give one")
+        self.calls.append((image, text, k))
+        ranked = [p for p in reversed(self.paths) if not (isinstance(image, Path) and image == self.folder / p)]
+        return FakeResult(ranked[:k], [1.0 - 0.125 * i for i in range(len(ranked[:k]))])
+
+
+@pytest.fixture
+def served(tmp_path):
+    folder = tmp_path / "photos"
+    for name, colour in COLOURS.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8), colour).save(folder / name)
+    (folder / "not-indexed.png").write_bytes(png_bytes())
+    (tmp_path / "secret.txt").write_text("outside the folder")
+    index = FakeIndex(folder, sorted(COLOURS))
+    client = TestClient(create_app(index, max_upload_bytes=4096, default_k=3))
+    return index, client, folder
+
+
+def listing(folder: Path) -> dict[str, int]:
+    return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in folder.rglob("*")}
+
+
+def test_the_page_and_its_files_are_served(served):
+    _, client, _ = served
+    page = client.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert 'src="/static/app.js"' in page.text and 'href="/static/style.css"' in page.text
+    assert "script-src 'self'" in page.headers["content-security-policy"]
+    assert client.get("/static/app.js").headers["content-type"].startswith("text/javascript")
+    assert client.get("/static/style.css").headers["content-type"].startswith("text/css")
+    assert client.get("/static/index.html").status_code == 404  # only the named files
+    assert client.get("/static/..%2Fserve.py").status_code == 404
+
+
+def test_info_says_what_the_index_holds(served):
+    index, client, _ = served
+    info = client.get("/api/info").json()
+    assert info["size"] == 4 and info["backend"] == "exact" and info["skipped"] == 1
+    assert info["model"] == {"name": "fake-model", "path": "fake.safetensors", "sha256": "ab" * 32}  # no local folder
+    assert info["image_alone"] and info["image_and_text"] and info["text_alone"] is False  # unknown -> image needed
+    assert info["max_upload_bytes"] == 4096 and info["default_k"] == 3
+
+
+def test_info_allows_text_only_when_the_combiner_ignores_the_image(served):
+    index, client, _ = served
+
+    class Combiner:
+        uses_image = False
+
+    index.model = type("Model", (), {"combiner": Combiner()})()
+    assert client.get("/api/info").json()["text_alone"] is True
+
+
+def test_sample_spreads_over_the_index(served):
+    index, client, _ = served
+    body = client.get("/api/sample", params={"n": 2}).json()
+    assert body["total"] == 4
+    assert [s["path"] for s in body["samples"]] == [index.paths[0], index.paths[2]]
+    assert all(s["url"] == "/files/" + s["path"] for s in body["samples"])
+    assert len(client.get("/api/sample", params={"n": 50}).json()["samples"]) == 4
+
+
+def test_search_by_path_returns_the_index_results_with_urls(served):
+    index, client, folder = served
+    response = client.post("/api/search", data={"path": "sub/blue.png", "text": "make it red", "k": "2"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    expected = index.search(folder / "sub/blue.png", "make it red", 2).to_dict()["results"]
+    assert [{k: r[k] for k in ("rank", "path", "score")} for r in body["results"]] == expected
+    assert [r["url"] for r in body["results"]] == ["/files/sub/white.jpg", "/files/red.png"]
+    assert body["query"] == {"text": "make it red", "k": 2, "path": "sub/blue.png", "url": "/files/sub/blue.png"}
+    image, text, k = index.calls[0]
+    assert image == folder / "sub" / "blue.png" and text == "make it red" and k == 2
+    # also as a url-encoded form, and default k
+    assert len(client.post("/api/search", content=b"path=red.png&text=x",
+                           headers={"content-type": "application/x-www-form-urlencoded"}).json()["results"]) == 3
+
+
+def test_search_by_upload_decodes_in_memory_and_writes_nothing(served, monkeypatch):
+    index, client, folder = served
+    before = listing(folder)
+
+    def no_disk(*args, **kwargs):
+        raise AssertionError("the upload went to a temporary file")
+
+    for name in ("SpooledTemporaryFile", "TemporaryFile", "NamedTemporaryFile", "mkstemp"):
+        monkeypatch.setattr(tempfile, name, no_disk)
+    upload = png_bytes((200, 10, 10), (12, 9))
+    response = client.post("/api/search", files={"image": ("query.png", upload, "image/png")},
+                           data={"text": "make it blue", "k": "4"})
+    assert response.status_code == 200, response.text
+    assert [r["path"] for r in response.json()["results"]] == list(reversed(index.paths))
+    assert response.json()["query"] == {"text": "make it blue", "k": 4, "upload": "query.png", "width": 12, "height": 9}
+    image, text, k = index.calls[-1]
+    assert isinstance(image, Image.Image) and image.mode == "RGB" and image.size == (12, 9)
+    assert image.getpixel((0, 0)) == (200, 10, 10) and text == "make it blue" and k == 4
+    assert listing(folder) == before  # nothing new or changed in the indexed folder
+    # image only (no text) and JPEG work too
+    response = client.post("/api/search", files={"image": ("q.jpg", png_bytes(fmt="JPEG"), "image/jpeg")})
+    assert response.status_code == 200 and index.calls[-1][1] is None and index.calls[-1][2] == 3
+
+
+def test_oversized_uploads_are_413(served):
+    index, client, folder = served
+    big = png_bytes(size=(8, 8)) + b"\0" * 5000  # a readable PNG with trailing bytes, over the 4096-byte limit
+    response = client.post("/api/search", files={"image": ("big.png", big, "image/png")}, data={"text": "x"})
+    assert response.status_code == 413 and "larger than 4 KB" in response.json()["error"]
+    # a declared Content-Length over the limit is refused before the body is read
+    declared = client.post("/api/search", content=b"x" * 10, headers={
+        "content-type": "multipart/form-data; boundary=b", "content-length": str(10 * 2**20)})
+    assert declared.status_code == 413
+    # a chunked body (no Content-Length) is cut off while it is read
+    chunked = client.post("/api/search", content=iter([b"--b\r\n"] + [b"y" * 8192] * 20),
+                          headers={"content-type": "multipart/form-data; boundary=b"})
+    assert chunked.status_code == 413
+    # the image itself within the form limit but over the file limit
+    response = client.post("/api/search", files={"image": ("big.png", png_bytes() + b"\0" * 4100, "image/png")})
+    assert response.status_code == 413
+    assert index.calls == [] and "big.png" not in listing(folder)
+
+
+def test_a_non_image_upload_is_400_with_a_clear_message(served):
+    index, client, _ = served
+    response = client.post("/api/search", files={"image": ("notes.txt", b"hello, not an image", "text/plain")},
+                           data={"text": "x"})
+    assert response.status_code == 400
+    assert response.json() == {"error": "the uploaded file 'notes.txt' is not an image (JPEG, PNG, WebP, ...) that Pillow can read"}
+    truncated = png_bytes(size=(64, 64))[:60]
+    assert client.post("/api/search", files={"image": ("cut.png", truncated, "image/png")}).status_code == 400
+    assert client.post("/api/search", files={"image": ("empty.png", b"", "image/png")}).json()["error"] == \
+        "the uploaded file 'empty.png' is empty"
+    assert index.calls == []
+
+
+@pytest.mark.parametrize("form, status, fragment", [
+    ({}, 400, "give an image"),
+    ({"text": "   "}, 400, "give an image"),
+    ({"path": "red.png", "k": "zero"}, 400, "k must be a whole number"),
+    ({"path": "red.png", "k": "0"}, 400, "k must be at least 1"),
+    ({"path": "not-indexed.png"}, 404, "not an image of the index"),
+    ({"path": "../secret.txt"}, 404, "not an image of the index"),
+    ({"path": "/etc/passwd"}, 404, "not an image of the index"),
+    ({"text": "only a text"}, 400, "needs an image"),  # the index's own error, as one line
+])
+def test_bad_queries_are_one_line_errors(served, form, status, fragment):
+    _, client, _ = served
+    response = client.post("/api/search", data=form)
+    assert response.status_code == status
+    assert fragment in response.json()["error"] and "\n" not in response.json()["error"]
+
+
+def test_upload_and_path_together_are_refused(served):
+    _, client, _ = served
+    response = client.post("/api/search", files={"image": ("q.png", png_bytes(), "image/png")}, data={"path": "red.png"})
+    assert response.status_code == 400 and "not both" in response.json()["error"]
+
+
+def test_an_unsupported_body_is_415(served):
+    _, client, _ = served
+    assert client.post("/api/search", json={"path": "red.png"}).status_code == 415
+
+
+def test_only_files_of_the_index_are_served(served):
+    _, client, folder = served
+    ok = client.get("/files/sub/blue.png")
+    assert ok.status_code == 200 and ok.headers["content-type"] == "image/png" and ok.content == (folder / "sub/blue.png").read_bytes()
+    assert client.get("/files/sub/white.jpg").headers["content-type"] == "image/jpeg"
+    assert ok.headers["x-content-type-options"] == "nosniff"
+    for url in [
+        "/files/not-indexed.png",  # in the folder, not in the index
+        "/files/missing.png",
+        "/files/../secret.txt",  # normalised away by the client: /secret.txt
+        "/files/%2e%2e/secret.txt",
+        "/files/sub/%2e%2e/%2e%2e/secret.txt",
+        "/files/..%2fsecret.txt",
+        "/files/%2fetc%2fpasswd",
+        "/files//etc/passwd",
+        f"/files/{folder}/red.png",  # an absolute path to an indexed file
+        "/files/sub%5c..%5c..%5csecret.txt",
+        "/files/red.png%00.txt",
+        "/files/%2e/red.png",
+        "/files/sub//blue.png",
+    ]:
+        response = client.get(url)
+        assert response.status_code == 404, url
+        assert response.content != (folder.parent / "secret.txt").read_bytes()
+
+
+def test_traversal_is_refused_even_when_file_path_would_allow_it(served):
+    """Defence in depth: the server checks the path itself (relative, no '..', in index.paths) before file_path."""
+    index, client, folder = served
+    index.file_path = lambda relative: folder / relative  # a careless index
+    for url in ["/files/%2e%2e/secret.txt", "/files/sub/%2e%2e/%2e%2e/secret.txt", f"/files/{folder.parent}/secret.txt",
+                "/files/not-indexed.png"]:
+        assert client.get(url).status_code == 404, url
+    assert client.post("/api/search", data={"path": "../secret.txt"}).status_code == 404
+    assert index.calls == []
+
+
+def test_a_file_removed_since_indexing_is_404(served):
+    _, client, folder = served
+    (folder / "red.png").unlink()
+    assert client.get("/files/red.png").status_code == 404
+
+
+def test_the_serve_extra_missing_is_one_line(monkeypatch):
+    import builtins
+
+    import compose_retrieval.serve as serve
+
+    real_import = builtins.__import__
+
+    def without_fastapi(name, *args, **kwargs):
+        if name.split(".")[0] == "fastapi":
+            raise ImportError("No module named 'fastapi'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", without_fastapi)
+    with pytest.raises(ComposeRetrievalError, match=r'pip install "compose-retrieval\[serve\]"'):
+        serve.create_app(object())
+
+
+def test_loopback_hosts():
+    from compose_retrieval.cli.serve import is_loopback
+
+    assert all(map(is_loopback, ["127.0.0.1", "127.1.2.3", "::1", "[::1]", "localhost"]))
+    assert not any(map(is_loopback, ["0.0.0.0", "::", "192.168.1.5", "example.org"]))
