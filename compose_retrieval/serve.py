@@ -52,8 +52,8 @@ CONTENT_TYPES = {
 }
 
 _STATIC_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
-                 ".css": "text/css; charset=utf-8"}
-_STATIC_FILES = ("app.js", "style.css")
+                 ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml"}
+_STATIC_FILES = ("app.js", "style.css", "icon.svg")
 _FORM_OVERHEAD = 64 * 1024  # boundaries, part headers and the text fields around the image
 _MAX_FIELD_BYTES = 16 * 1024  # a text, a path, k
 _MAX_PIXELS = 64 * 2**20  # a decompression bomb is refused before it is decoded
@@ -206,6 +206,8 @@ def _parse_k(value: str | None, default_k: int) -> int:
 def _uses_image(index: Any) -> bool:
     """Whether the index's combiner reads the image (text-only queries need it not to); True when unknown."""
     try:
+        if hasattr(index, "accepts_text_only"):
+            return not index.accepts_text_only
         return bool(index.model.combiner.uses_image)
     except Exception:  # an index without a model attribute, or one that fails to load: search will say why
         return True
@@ -389,7 +391,9 @@ def create_app(index: Any, *, max_upload_bytes: int = 10 * 2**20, default_k: int
             raise
         for item in result.get("results", []):
             item["url"] = _file_url(item["path"])
-        result["query"] = query  # what the page shows; never a path on this machine
+        said = result.get("query") if isinstance(result.get("query"), dict) else {}
+        # what the page shows: the query as the request gave it (never a path on this machine), how it was searched
+        result["query"] = {**query, **{key: said[key] for key in ("mode", "excluded") if key in said}}
         return JSONResponse(result)
 
     return app

@@ -18,6 +18,8 @@ from fastapi.testclient import TestClient  # noqa: E402
 from compose_retrieval.errors import ComposeRetrievalError  # noqa: E402
 from compose_retrieval.serve import create_app  # noqa: E402
 
+from conftest import SAMPLE_TEXTS, assert_one_line_error, invoke, tiny_model  # noqa: E402
+
 COLOURS = {"red.png": (220, 30, 30), "green.png": (30, 200, 30), "sub/blue.png": (30, 30, 220), "sub/white.jpg": (250, 250, 250)}
 
 
@@ -280,3 +282,100 @@ def test_loopback_hosts():
 
     assert all(map(is_loopback, ["127.0.0.1", "127.1.2.3", "::1", "[::1]", "localhost"]))
     assert not any(map(is_loopback, ["0.0.0.0", "::", "192.168.1.5", "example.org"]))
+
+
+# ------------------------------------------------------------------ a real tiny index
+
+
+def make_tiny_index(tmp_path: Path, n: int = 12):
+    """A folder of n small drawn images (PNG, a JPEG and a WebP, one in a subfolder) indexed with a randomly
+    initialised tiny tirg checkpoint."""
+    import compose_retrieval
+    from PIL import ImageDraw
+
+    from compose_retrieval.index import Index
+    from compose_retrieval.preprocessing import Preprocessing
+
+    folder = tmp_path / "images"
+    (folder / "more").mkdir(parents=True)
+    colours = [(220, 40, 40), (40, 180, 60), (40, 70, 220), (230, 200, 40), (160, 60, 200), (40, 200, 200)]
+    for i in range(n):
+        image = Image.new("RGB", (40, 32), (245, 245, 245))
+        draw = ImageDraw.Draw(image)
+        box = [4 + 3 * (i % 4), 4 + 2 * (i % 3), 24 + 2 * (i % 5), 26]
+        (draw.ellipse if i % 2 else draw.rectangle)(box, fill=colours[i % len(colours)])
+        name = f"more/shape-{i:02d}.png" if i % 5 == 4 else f"shape-{i:02d}." + {0: "jpg", 7: "webp"}.get(i, "png")
+        image.save(folder / name)
+    model = tiny_model("tirg").eval()
+    model.preprocessing = Preprocessing(32, compose_retrieval.IMAGENET_MEAN, compose_retrieval.IMAGENET_STD)
+    checkpoint = compose_retrieval.save_pretrained(model, tmp_path / "tiny.safetensors")
+    return Index.build(folder, checkpoint, tmp_path / "index", device="cpu", progress=False)
+
+
+@pytest.fixture(scope="module")
+def real(tmp_path_factory):
+    index = make_tiny_index(tmp_path_factory.mktemp("real"))
+    return index, TestClient(create_app(index, max_upload_bytes=2**20, default_k=5))
+
+
+def test_a_real_index_answers_as_index_search(real):
+    index, client = real
+    text = SAMPLE_TEXTS[0]
+    query = index.paths[3]
+    body = client.post("/api/search", data={"path": query, "text": text, "k": "4"}).json()
+    expected = index.search(index.file_path(query), text, 4)
+    assert [r["path"] for r in body["results"]] == expected.paths and query not in expected.paths  # itself excluded
+    assert [r["score"] for r in body["results"]] == pytest.approx(expected.scores)
+    assert body["query"]["mode"] == "composed" and body["query"]["excluded"] == query
+    # an upload of the same pixels ranks the same (itself included: it is not a file of the index)
+    upload = index.file_path(query).read_bytes()
+    body = client.post("/api/search", files={"image": ("mine" + index.file_path(query).suffix, upload)},
+                       data={"text": text, "k": "4"}).json()
+    with Image.open(index.file_path(query)) as image:
+        expected = index.search(image.convert("RGB"), text, 4)
+    assert [r["path"] for r in body["results"]] == expected.paths
+    assert [r["score"] for r in body["results"]] == pytest.approx(expected.scores)
+    # image alone
+    body = client.post("/api/search", data={"path": query}).json()
+    assert [r["path"] for r in body["results"]] == index.search(index.file_path(query), None, 5).paths
+    assert body["query"]["mode"] == "image"
+
+
+def test_a_real_index_serves_its_files_and_info(real):
+    index, client = real
+    info = client.get("/api/info").json()
+    assert info["size"] == len(index.paths) == 12 and info["text_alone"] is False
+    assert info["model"]["sha256"] == index.identity["sha256"] and info["model"]["path"] == "tiny.safetensors"
+    types = {"shape-00.jpg": "image/jpeg", "shape-07.webp": "image/webp", "more/shape-04.png": "image/png"}
+    for relative, kind in types.items():
+        response = client.get("/files/" + relative)
+        assert response.status_code == 200 and response.headers["content-type"] == kind
+        assert response.content == index.file_path(relative).read_bytes()
+    assert client.get("/files/%2e%2e/tiny.safetensors").status_code == 404
+    assert client.get("/files/%2e%2e/index/index.json").status_code == 404
+    assert client.post("/api/search", data={"text": "make it red"}).json()["error"].startswith("this model composes")
+
+
+def test_serve_command_errors_are_one_line(tmp_path):
+    import compose_retrieval.cli.serve  # noqa: F401  (registers the command until cli/__init__ imports it)
+
+    assert_one_line_error(invoke("serve", tmp_path / "nowhere"), "nowhere")
+
+
+def test_serve_command_loads_the_index_and_warns_off_loopback(real, monkeypatch):
+    import uvicorn
+
+    import compose_retrieval.cli.serve  # noqa: F401
+
+    index, _ = real
+    seen = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, host, port, **kw: seen.update(app=app, host=host, port=port))
+    result = invoke("serve", index.directory, "--max-upload-mb", "0.5", "-k", "7", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert (seen["host"], seen["port"]) == ("127.0.0.1", 8000) and "warning" not in result.stderr
+    assert "12 images; open http://127.0.0.1:8000/" in result.stderr
+    info = TestClient(seen["app"]).get("/api/info").json()
+    assert info["max_upload_bytes"] == 2**19 and info["default_k"] == 7 and info["size"] == 12
+    result = invoke("serve", index.directory, "--host", "0.0.0.0", "--port", "8123", "--device", "cpu")
+    assert result.exit_code == 0 and (seen["host"], seen["port"]) == ("0.0.0.0", 8123)
+    assert "warning: listening on 0.0.0.0" in " ".join(result.stderr.split())

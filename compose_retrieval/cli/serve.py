@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from typing import Optional
 
 import typer
 
@@ -28,6 +29,7 @@ def serve(
     port: int = typer.Option(8000, min=0, max=65535, help="Port to listen on."),
     max_upload_mb: float = typer.Option(10.0, min=0.001, help="Largest uploaded query image, in MB (larger ones get HTTP 413)."),
     k: int = typer.Option(12, "-k", "--k", min=1, max=1000, help="Results per query when the page or request gives none."),
+    model: Optional[str] = typer.Option(None, help="The index's checkpoint where it moved (a path, run directory or zoo name; it must have the recorded sha256)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, ..."),
 ) -> None:
     """Serve a page to search an index: upload an image or pick one of the index, type the change, see the ranked results.
@@ -40,7 +42,7 @@ def serve(
         require_serve_extra()
         from ..index import Index
 
-        index = Index.load(index_dir, device=device)
+        index = Index.load(index_dir, model=model, device=device)
         application = create_app(index, max_upload_bytes=int(max_upload_mb * 2**20), default_k=k)
     import uvicorn
 

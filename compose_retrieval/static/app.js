@@ -161,7 +161,9 @@ function renderResults(data) {
   if (query.path) what.push(query.path);
   if (query.upload) what.push(query.upload + " (uploaded)");
   if (query.text) what.push("\u201c" + query.text + "\u201d");
-  $("status").textContent = data.results.length + " results for " + (what.join(" + ") || "the query");
+  let status = data.results.length + " results for " + (what.join(" + ") || "the query");
+  if (query.excluded) status += " (the query image itself left out)";
+  $("status").textContent = status;
   list.dataset.state = "done";
 }
 
