@@ -67,6 +67,9 @@ _OPTIONS: dict[str, dict[str, tuple[Any, Any]]] = {
 }
 
 
+_SEARCH_TIME = ("nprobe", "ef_search")  # options that searching reads; the others shape the built index
+
+
 def _check_backend(backend: Any) -> str:
     if not isinstance(backend, str) or backend not in SEARCH_BACKENDS:
         close = difflib.get_close_matches(str(backend), SEARCH_BACKENDS, n=1)
@@ -173,6 +176,19 @@ class VectorSearch:
             index.add(data)
         self._apply_search_options(index)
         return index
+
+    def set_search_options(self, **options: Any) -> None:
+        """Change the options that only searching reads (ivf: nprobe; hnsw: ef_search) without rebuilding:
+        more lists probed or a wider beam find more of the true top k, more slowly."""
+        _check_options(self.backend, options)
+        fixed = [k for k in options if k not in _SEARCH_TIME]
+        if fixed:
+            raise OptionError(f"vector search backend {self.backend!r}: option {fixed[0]!r} is set when the index is "
+                              f"built, not at search time (rebuild the index to change it)")
+        self.options.update(options)
+        if self.backend == "ivf":
+            self.options["nprobe"] = min(self.options["nprobe"], self.options["nlist"])
+        self._apply_search_options(self.index)
 
     def _apply_search_options(self, index) -> None:
         if self.backend == "ivf":

@@ -212,3 +212,27 @@ def test_an_index_file_of_other_vectors_or_backend_is_refused(tmp_path, vectors)
         VectorSearch.load(tmp_path, vectors, "hnsw", {"m": 32})
     with pytest.raises(OptionError, match="Did you mean 'hnsw'"):
         VectorSearch.load(tmp_path, vectors, "hnws", {})
+
+
+def test_search_time_options_change_without_rebuilding():
+    pytest.importorskip("faiss")
+    points = clustered(3100, 32, clusters=30, seed=4)
+    data, queries = points[:3000], points[3000:]
+    _, truth = VectorSearch(data, "exact").search(queries, 10)
+
+    def recall(search):
+        _, found = search.search(queries, 10)
+        return sum(len(set(f) & set(t)) for f, t in zip(found.tolist(), truth.tolist())) / truth.numel()
+
+    ivf = VectorSearch(data, "ivf", nprobe=1)
+    narrow = recall(ivf)
+    ivf.set_search_options(nprobe=10_000)  # every list: exact
+    assert ivf.options == {"nlist": 76, "nprobe": 76} and ivf.index.nprobe == 76
+    assert recall(ivf) == 1.0 > narrow
+    hnsw = VectorSearch(data, "hnsw", m=4, ef_search=1)
+    hnsw.set_search_options(ef_search=200)
+    assert hnsw.index.hnsw.efSearch == 200 and hnsw.options["ef_search"] == 200
+    with pytest.raises(OptionError, match="'m' is set when the index is built"):
+        hnsw.set_search_options(m=8)
+    with pytest.raises(OptionError, match="Did you mean 'ef_search'"):
+        hnsw.set_search_options(ef_serch=8)
