@@ -172,3 +172,21 @@ def test_errors_are_shown_on_the_page(page, tmp_path):
     page.get_by_label("Upload an image").set_input_files(str(big))
     expect(page.get_by_role("alert")).to_contain_text("larger than the server accepts")
     assert [e for e in errors if "400" not in e] == []  # the browser logs the 400 responses themselves
+
+
+def test_a_link_carries_the_query(site):
+    index, url, browser = site
+    from playwright.sync_api import expect
+
+    context = browser.new_context(viewport={"width": 900, "height": 700})
+    page = context.new_page()
+    query = "more/shape-09.png"
+    page.goto(f"{url}/?path=more%2Fshape-09.png&text=remove+blue+triangle&k=3")
+    expect(page.locator("#chosen-caption")).to_have_text(query)
+    expect(page.get_by_label("Modification text")).to_have_value("remove blue triangle")
+    page.get_by_role("button", name="Search").click()
+    expected = index.search(index.file_path(query), "remove blue triangle", 3)
+    assert [path for _, path, _ in shown_results(page)] == expected.paths
+    expect(page.get_by_role("status")).to_contain_text("(the query image itself left out)")
+    assert page.get_by_role("img", name="The query image").evaluate("img => img.naturalWidth") > 0
+    context.close()

@@ -197,9 +197,19 @@ async function search(event) {
   }
 }
 
+// A link can carry a query: /?path=a/b.png&text=make+it+red&k=10 picks the indexed image and fills the fields
+// (the server checks the path when the search is sent).
+function applyLinkQuery() {
+  const params = new URLSearchParams(window.location.search);
+  const path = params.get("path");
+  if (path) pickPath(path, "/files/" + path.split("/").map(encodeURIComponent).join("/"));
+  if (params.get("text") !== null) $("text").value = params.get("text");
+  if (params.get("k")) $("k").value = params.get("k");
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   $("query-form").addEventListener("submit", search);
   $("image-file").addEventListener("change", (event) => pickFile(event.target.files[0]));
   $("clear-image").addEventListener("click", clearImage);
-  loadInfo().then(loadSamples).catch((err) => showError(err.message));
+  loadInfo().then(loadSamples).then(applyLinkQuery).catch((err) => showError(err.message));
 });
