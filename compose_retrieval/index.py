@@ -167,7 +167,8 @@ class Index:
     ) -> "Index":
         """Index the images of ``folder`` with ``model`` (a zoo name, a run directory or a checkpoint file) into the
         directory ``out``; see the module docstring. ``include``: glob pattern(s) a file's relative posix path must
-        match (``*`` crosses folders: "*.png" is every PNG, "shoes/*" everything under shoes/). Returns the index,
+        match (``*`` crosses folders: "*.png" is every PNG, "shoes/*" everything under shoes/; case-sensitive, while
+        the image suffixes are matched in any case). Returns the index,
         with ``stats`` saying what was embedded, reused, dropped and skipped."""
         _check_int("batch_size", batch_size, 1)
         _check_int("num_workers", num_workers, 0)
@@ -595,20 +596,20 @@ def _query_pixels(image: Any) -> tuple[Tensor, str]:
     raise OptionError(f"a query image is a path, a PIL image or a (3, H, W) uint8 tensor, not {type(image).__name__}")
 
 
-def _read_index_json(directory: Path) -> dict[str, Any]:
-    """index.json of ``directory``, checked field by field; anything wrong is one line naming the file."""
+def _read_index_json(directory: Path, remedy: str = _REBUILD) -> dict[str, Any]:
+    """index.json of ``directory``, checked field by field; anything wrong is one line naming the file (and ``remedy``)."""
     path = directory / INDEX_FILE
     if not path.is_file():
         if not directory.exists():
-            raise ComposeRetrievalError(f"no index at {directory} (the folder does not exist); {_REBUILD}")
-        raise ComposeRetrievalError(f"{directory} holds no index ({INDEX_FILE} is missing); {_REBUILD}")
+            raise ComposeRetrievalError(f"no index at {directory} (the folder does not exist); {remedy}")
+        raise ComposeRetrievalError(f"{directory} holds no index ({INDEX_FILE} is missing); {remedy}")
     try:
         meta = json.loads(path.read_text(encoding="utf-8"), parse_constant=_no_constant)
     except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise ComposeRetrievalError(f"{path} is not a readable index ({str(exc)[:120]}); {_REBUILD}") from None
+        raise ComposeRetrievalError(f"{path} is not a readable index ({str(exc)[:120]}); {remedy}") from None
 
     def bad(what: str) -> ComposeRetrievalError:
-        return ComposeRetrievalError(f"{path} is not a valid index ({what}); {_REBUILD}")
+        return ComposeRetrievalError(f"{path} is not a valid index ({what}); {remedy}")
 
     if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
         raise bad("it is not a compose-retrieval index")
@@ -707,7 +708,7 @@ def _previous_build(out: Path, identity: dict[str, Any], root: Path) -> dict[str
             raise ComposeRetrievalError(f"{out} is not empty and holds no index ({foreign[0]!r}, ...); give a new or "
                                         "empty folder for the index")
         return None
-    meta = _read_index_json(out)
+    meta = _read_index_json(out, f"delete {out} (or give a new --out) to build the index again")
     old = meta["model"]
     if old["sha256"] != identity["sha256"]:
         was = old["name"] or old["path"]

@@ -311,6 +311,9 @@ def test_a_damaged_index_is_one_line(tmp_path, checkpoints, damage):
     with pytest.raises(ComposeRetrievalError) as info:
         Index.load(out)
     assert named in str(info.value) and "\n" not in str(info.value)
+    if damage in ("index_garbage", "index_field", "traversal"):  # building over it says how to start again
+        with pytest.raises(ComposeRetrievalError, match=r"delete .* \(or give a new --out\) to build the index again"):
+            Index.build(folder, checkpoints["tirg"], out, progress=False)
     if damage.startswith("embeddings"):  # index.json is intact: building again reads every file and repairs it
         repaired = Index.build(folder, checkpoints["tirg"], out, progress=False)
         assert repaired.stats.embedded == 2 and len(Index.load(out)) == 2
