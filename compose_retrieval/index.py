@@ -289,7 +289,7 @@ class Index:
             "skipped": self.skipped,
         }
         text = json.dumps(meta, indent=1)
-        atomic_write(out / INDEX_FILE, lambda tmp: Path(tmp).write_text(text))
+        atomic_write(out / INDEX_FILE, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
         for stale in out.iterdir():  # the search files of earlier builds: index.json no longer names them
             if stale.is_dir() and _SEARCH_DIR.fullmatch(stale.name) and (search_dir is None or stale != search_dir):
                 shutil.rmtree(stale, ignore_errors=True)
