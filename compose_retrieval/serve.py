@@ -284,7 +284,7 @@ def create_app(index: Any, *, max_upload_bytes: int = 10 * 2**20, default_k: int
         picked = [paths[(i * len(paths)) // n] for i in range(n)] if n else []
         return {"total": len(paths), "samples": [{"path": p, "url": _file_url(p)} for p in picked]}
 
-    @app.get("/files/{relative:path}")
+    @app.api_route("/files/{relative:path}", methods=["GET", "HEAD"])
     def files(relative: str) -> Response:
         if not _looks_safe(relative) or relative not in _path_set():
             return error(404, "not a file of the index")

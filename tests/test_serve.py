@@ -223,6 +223,9 @@ def test_only_files_of_the_index_are_served(served):
     assert ok.status_code == 200 and ok.headers["content-type"] == "image/png" and ok.content == (folder / "sub/blue.png").read_bytes()
     assert client.get("/files/sub/white.jpg").headers["content-type"] == "image/jpeg"
     assert ok.headers["x-content-type-options"] == "nosniff"
+    head = client.head("/files/sub/blue.png")
+    assert head.status_code == 200 and head.headers["content-type"] == "image/png" and head.content == b""
+    assert client.head("/files/not-indexed.png").status_code == 404
     for url in [
         "/files/not-indexed.png",  # in the folder, not in the index
         "/files/missing.png",
