@@ -9,13 +9,14 @@ we control, serve under a strict Content-Security-Policy and test in a real brow
 
 Routes:
 
-- ``GET /``: the page; ``GET /static/{name}``: its script and style sheet.
+- ``GET /``: the page (a link may carry a query: ``/?path=...&text=...&k=...``); ``GET /static/{name}``: its
+  script, style sheet and icon.
 - ``GET /api/info``: the index's size, its model's identity, what queries it accepts.
 - ``GET /api/sample?n=12``: a few indexed paths (evenly spread) to pick a query from.
 - ``POST /api/search``: multipart form (or url-encoded without a file): ``image`` (an
   uploaded file) or ``path`` (the relative path of an indexed image), ``text``, ``k``;
-  answers ``SearchResult.to_dict()`` with each result's ``url`` added.
-- ``GET /files/{path}``: an indexed image, only when ``index.file_path`` accepts the
+  answers ``SearchResult.to_dict()`` with each result's ``url`` added and ``query`` as the request gave it.
+- ``GET /files/{path}`` (and HEAD): an indexed image, only when ``index.file_path`` accepts the
   path (anything else, ``..`` or absolute paths or files the index skipped, is 404).
 
 Uploads are never written anywhere: the request body is read in chunks into memory
