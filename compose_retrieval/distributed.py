@@ -153,8 +153,14 @@ def session(device: torch.device) -> Iterator[None]:
                           "use --device cuda or --device cpu under torchrun")
     try:
         yield
-    finally:
-        dist.destroy_process_group()
+    except BaseException:
+        dist.destroy_process_group()  # no barrier: the other processes may never reach it
+        raise
+    # Every process finishes its collectives before any tears the group down: a process that destroys its gloo
+    # group while a peer still has work in flight leaves C++ threads holding tensors that die at interpreter exit,
+    # an abort ("terminate called without an active exception"), the failure pytorch/pytorch PR 179291 describes.
+    dist.barrier()
+    dist.destroy_process_group()
 
 
 class _Gather(torch.autograd.Function):
