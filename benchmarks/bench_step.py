@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import statistics
 import time
 
@@ -56,6 +57,54 @@ def _time(fn, device: torch.device, iters: int) -> float:
     return (time.perf_counter() - start) / iters
 
 
+class _Quiet:
+    """``--quiet``: a repeat starts when the other processes leave the CPUs idle, and is kept only if they did
+    during it (Linux: /proc/stat and /proc/self/stat); so that a busy shared machine gives medians of quiet repeats.
+    """
+
+    def __init__(self, wait_s: float, max_other: float = 0.05):
+        self.wait_s, self.max_other = wait_s, max_other  # max_other: other processes' CPU time / elapsed, in cores
+        self.discarded = self.kept_busy = 0
+
+    @staticmethod
+    def _ticks() -> tuple[int, int]:
+        """(busy ticks of the whole machine, ticks of this process), both in USER_HZ."""
+        with open("/proc/stat") as f:
+            user, nice, system, idle, iowait, *rest = (int(x) for x in f.readline().split()[1:])
+        with open("/proc/self/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return user + nice + system + sum(rest[:3]), int(fields[11]) + int(fields[12])
+
+    def others(self, since: tuple[int, int, float]) -> float:
+        """The other processes' CPU use since ``since`` (from ``mark``), in cores."""
+        busy, own = self._ticks()
+        elapsed = max(time.perf_counter() - since[2], 1e-3)
+        return (busy - since[0] - (own - since[1])) / os.sysconf("SC_CLK_TCK") / elapsed
+
+    def mark(self) -> tuple[int, int, float]:
+        return (*self._ticks(), time.perf_counter())
+
+    def wait(self) -> None:
+        deadline = time.perf_counter() + self.wait_s
+        while time.perf_counter() < deadline:
+            start = self.mark()
+            time.sleep(1.0)
+            if self.others(start) < self.max_other:
+                return
+
+    def run(self, timings):
+        """``timings()`` once the machine is quiet, again while another process ran during it (at most 20 tries)."""
+        for _ in range(20):
+            self.wait()
+            start = self.mark()
+            result = timings()
+            if self.others(start) < self.max_other:
+                return result
+            self.discarded += 1
+        self.kept_busy += 1
+        return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--combiners", nargs="*", default=None, help="default: every registered combiner")
@@ -66,7 +115,11 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=5, help="steps per timing")
     parser.add_argument("--repeats", type=int, default=5, help="interleaved timings; the median is reported")
     parser.add_argument("--profile", action="store_true", help="time the step's parts and print the profiler's top operators")
+    parser.add_argument("--quiet", type=float, default=0, metavar="SECONDS",
+                        help="(Linux) start each repeat when other processes leave the CPUs idle, waiting at most SECONDS, "
+                             "and redo a repeat during which they used more than 5%% of a core")
     args = parser.parse_args()
+    quiet = _Quiet(args.quiet) if args.quiet else None
 
     device = torch.device(args.device)
     torch.manual_seed(0)
@@ -113,16 +166,21 @@ def main() -> None:
 
         floor_times, step_times = [], []
         for _ in range(args.repeats):
-            floor_times.append(_time(floor, device, args.iters))
-            step_times.append(_time(step, device, args.iters))
+            pair = lambda: (_time(floor, device, args.iters), _time(step, device, args.iters))  # noqa: E731
+            floor_time, step_time = quiet.run(pair) if quiet else pair()
+            floor_times.append(floor_time)
+            step_times.append(step_time)
         step_ms, floor_ms = statistics.median(step_times) * 1000, statistics.median(floor_times) * 1000
         print(f"| {name} | {step_ms:.1f} | {floor_ms:.1f} | {step_ms / floor_ms:.2f} |", flush=True)
         if args.profile:
-            _profile(name, model, optimizer, step, floor, sources, targets, texts, loss_fn, autocast, device, args)
+            _profile(name, model, optimizer, step, floor, sources, targets, texts, loss_fn, autocast, device, args, quiet)
         del model, optimizer, step
+    if quiet:
+        print(f"\n--quiet: {quiet.discarded} repeats redone (another process used the CPU during them), "
+              f"{quiet.kept_busy} kept after 20 tries")
 
 
-def _profile(name, model, optimizer, step, floor, sources, targets, texts, loss_fn, autocast, device, args) -> None:
+def _profile(name, model, optimizer, step, floor, sources, targets, texts, loss_fn, autocast, device, args, quiet) -> None:
     """The parts of ``step`` timed on their own (interleaved, medians), then the profiler's top operators."""
     both = torch.cat([sources, targets])
     n = sources.shape[0]
@@ -167,8 +225,9 @@ def _profile(name, model, optimizer, step, floor, sources, targets, texts, loss_
 
     times = {part: [] for part in parts}
     for _ in range(args.repeats):
-        for part, fn in parts.items():
-            times[part].append(_time(fn, device, args.iters))
+        each = lambda: {part: _time(fn, device, args.iters) for part, fn in parts.items()}  # noqa: E731
+        for part, t in (quiet.run(each) if quiet else each()).items():
+            times[part].append(t)
     ms = {part: statistics.median(t) * 1000 for part, t in times.items()}
     shown = [p for p in parts if p not in ("step", "floor (backbone)")]
     print(f"\n{name}: the step's parts, each timed on its own (median of {args.repeats} x {args.iters} steps)\n")
