@@ -24,7 +24,8 @@ C`` draws the vectors and queries around C random centres instead.
 
 Prints the command, the commit, the thread counts and /proc/loadavg before and after
 (the machine is shared), then a markdown table. Before building HNSW at a size larger
-than one already measured, prints the build time extrapolated as N log N.
+than one already measured, prints the build time extrapolated as N log N, and skips the
+build when that exceeds ``--max-build-s``.
 """
 
 from __future__ import annotations
@@ -91,9 +92,9 @@ def unit_vectors(num: int, dim: int, gen: torch.Generator, centres: torch.Tensor
     for start in range(0, num, 65536):
         block = out[start : start + 65536]
         torch.randn(block.shape, generator=gen, out=block)
-        if centres is not None:  # around random centres: noise of norm ~0.5 against a centre of norm 1
+        if centres is not None:  # around random centres: noise of norm ~1, as far from the centre as it is from 0
             which = torch.randint(0, len(centres), (len(block),), generator=gen)
-            block.mul_(0.5 / math.sqrt(dim)).add_(centres[which])
+            block.div_(math.sqrt(dim)).add_(centres[which])
         block.div_(block.norm(dim=1, keepdim=True))
     return out
 
@@ -135,6 +136,8 @@ def main() -> None:
                         help="backends, each optionally with options: ivf:nprobe=16/64 hnsw:m=16,ef_search=64/256")
     parser.add_argument("--threads", type=int, default=None, help="torch's and FAISS's threads (default: theirs)")
     parser.add_argument("--clustered", type=int, default=0, metavar="C", help="vectors around C random centres (0: none)")
+    parser.add_argument("--max-build-s", type=float, default=None,
+                        help="skip an HNSW build whose time extrapolated from a smaller N exceeds this")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     backends = [parse_backend(b) for b in args.backends]
@@ -174,6 +177,9 @@ def main() -> None:
                 guess = seconds * size * math.log(size) / (done * math.log(done))
                 print(f"  {label}: built in {seconds:.0f} s at N = {done:,}; N log N extrapolates {guess:.0f} s "
                       f"({guess / 60:.1f} min) here", flush=True)
+                if args.max_build_s is not None and guess > args.max_build_s:
+                    print(f"  {label}: skipped at N = {size:,} (more than --max-build-s {args.max_build_s:g} s)", flush=True)
+                    continue
             start = time.perf_counter()
             search = VectorSearch(vectors, name, **options)
             build = time.perf_counter() - start

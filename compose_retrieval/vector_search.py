@@ -47,8 +47,9 @@ INDEX_FILE = "vectors.faiss"
 
 # FAISS warns when k-means gets fewer training points than this per centroid
 _MIN_POINTS_PER_LIST = 39
-# k-means samples at most this many points per list: at 1M vectors and 4,000 lists, 64 per list (256k points)
-# trains in a quarter of the time of all of them (FAISS's own cap is 256) with no loss of recall on the benchmark
+# k-means samples at most this many points per list (FAISS's own cap is 256): at 1M vectors and 4,000 lists it
+# trains on 256k points, not all 1M; at 100k random vectors recall@10 was the same as with every point (0.070 against
+# 0.073 at nprobe 16, 0.195 against 0.190 at 64; 1.000 for both on clustered vectors)
 _MAX_POINTS_PER_LIST = 64
 
 # name -> (annotation, default); None: computed from the vectors
