@@ -11,6 +11,7 @@ from ..errors import ComposeRetrievalError
 from .common import app, console, data_app, errors_as_exit, parse_options, print_error, print_metrics, zoo_app
 from . import evaluate, listing, train, zoo  # noqa: F401  (their commands join the app)
 from . import classify  # noqa: F401  (compositional classification)
+from . import search  # noqa: F401  (index a folder, search it)
 from . import serve  # noqa: F401  (the search page; fastapi is imported only when it runs)
 
 __all__ = [
