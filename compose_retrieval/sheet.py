@@ -108,7 +108,7 @@ def contact_sheet(query_image: Any, text: str | None, result: Any, folder_or_ind
 
     if isinstance(thumb, bool) or not isinstance(thumb, int) or not 16 <= thumb <= 2048:
         raise ComposeRetrievalError(f"thumb must be a whole number of pixels from 16 to 2048, not {thumb!r}")
-    font = ImageFont.load_default()
+    font = ImageFont.load_default(size=14)  # Pillow's own FreeType font (the bitmap one draws spaces a pixel wide)
     line = int(font.getbbox("Hg")[3]) + 4
     text_lines = 3
     pad = 8
@@ -123,6 +123,7 @@ def contact_sheet(query_image: Any, text: str | None, result: Any, folder_or_ind
     def place(i: int, image, lines: list[tuple[str, tuple[int, int, int]]]) -> None:
         x, y = (i % cols) * cell_w + pad, (i // cols) * cell_h + pad
         sheet.paste(_thumbnail(image, thumb), (x, y))
+        draw.rectangle((x - 1, y - 1, x + thumb, y + thumb), outline=_BLANK)
         for j, (words, ink) in enumerate(lines[:text_lines]):
             draw.text((x, y + thumb + 2 + j * line), words, fill=ink, font=font)
 
