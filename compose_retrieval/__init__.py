@@ -32,6 +32,7 @@ from .zoo import list_pretrained, load_pretrained, save_pretrained
 from .config import TrainConfig, make_config
 from .training import train
 from .composition import CompositionTask, classify, composition_metrics
+from .index import Index, SearchResult
 
 __version__ = "0.1.0"
 
@@ -47,5 +48,6 @@ __all__ = [
     "load_checkpoint", "save_checkpoint", "list_pretrained", "load_pretrained", "save_pretrained",
     "TrainConfig", "make_config", "train",
     "CompositionTask", "classify", "composition_metrics",
+    "Index", "SearchResult",
     "__version__",
 ]
