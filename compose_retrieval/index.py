@@ -11,7 +11,8 @@ path), embeds every image with the model's own preprocessing through a DataLoade
 - for a FAISS backend, the folder ``search-<build id>/`` the backend writes (``vectors.faiss``), named after the build
   so that index.json, written last, always points at the files of its own build.
 
-Every file is written whole or not at all. Symbolic links: a linked directory is never entered; a linked file is
+Every file is written whole or not at all; a build stopped by Ctrl-C saves the images embedded so far and raises
+``RunInterrupted``, so that building again continues. Symbolic links: a linked directory is never entered; a linked file is
 indexed when its target lies inside the folder, and listed as skipped otherwise. Unreadable images are skipped,
 counted and listed with the reason, never fatal. Building again into the same ``out`` with the same model (the
 checkpoint's sha256) is incremental: only new or changed files (size or mtime_ns) are read, deleted ones are dropped,
@@ -44,7 +45,7 @@ from torch import Tensor
 from .checkpoint import atomic_write, load_checkpoint
 from .data import read_image
 from .devices import resolve_device
-from .errors import CheckpointError, ComposeRetrievalError, DatasetError, OptionError
+from .errors import CheckpointError, ComposeRetrievalError, DatasetError, OptionError, RunInterrupted
 from .model import ComposedRetrievalModel
 from .preprocessing import Preprocessing
 from .vector_search import SEARCH_BACKENDS, VectorSearch
@@ -224,13 +225,9 @@ class Index:
             plan.append((item, None))
             todo.append(item)
 
-        new_embeddings, failures, seconds = _embed(loaded, preprocessing, todo, batch_size, num_workers, device, progress)
-        new_row_of = {}
-        row = 0
-        for i, item in enumerate(todo):
-            if i not in failures:
-                new_row_of[item.path] = row
-                row += 1
+        new_embeddings, read, failures, seconds, interrupted = _embed(loaded, preprocessing, todo, batch_size,
+                                                                      num_workers, device, progress)
+        new_row_of = {item.path: row for row, item in enumerate(item for item, done in zip(todo, read.tolist()) if done)}
         files: list[_File] = []
         for item, old in plan:
             if old is not None:
@@ -255,6 +252,10 @@ class Index:
                         skipped=skipped, backend=search.backend, backend_options=search.options, search=search,
                         include=include, device=device, stats=stats)
         index_obj._write()
+        if interrupted:  # what was embedded is saved: the same command embeds only the rest
+            raise RunInterrupted(
+                f"interrupted: {stats.embedded} of {len(todo)} images embedded and saved in {out} "
+                f"({len(todo) - stats.embedded - len(failures)} still to embed); run the same command again to continue")
         return index_obj
 
     def _write(self) -> None:
@@ -519,12 +520,13 @@ def _collate(items: list[tuple[Tensor | str, int]]) -> tuple[Tensor | None, list
 
 
 def _embed(model: ComposedRetrievalModel, preprocessing: Preprocessing, todo: list[_File], batch_size: int,
-           num_workers: int, device: torch.device, progress: bool) -> tuple[Tensor, dict[int, str], float]:
-    """(M, D) unit embeddings of the readable files of ``todo`` in order, {position in todo: reason} for the others,
-    and the seconds taken."""
+           num_workers: int, device: torch.device, progress: bool) -> tuple[Tensor, Tensor, dict[int, str], float, bool]:
+    """(M, D) unit embeddings of the files of ``todo`` that were read, in order, which of ``todo`` they are (a bool
+    mask), {position in todo: reason} for the unreadable ones, the seconds taken, and whether Ctrl-C stopped it (then
+    the files after the last whole batch are in neither)."""
     dim = model.spec.embed_dim
     if not todo:
-        return torch.empty(0, dim), {}, 0.0
+        return torch.empty(0, dim), torch.zeros(0, dtype=torch.bool), {}, 0.0, False
     loader = torch.utils.data.DataLoader(
         _Images([f.absolute for f in todo], preprocessing), batch_size=batch_size, shuffle=False,
         num_workers=min(num_workers, len(todo)), collate_fn=_collate, pin_memory=device.type == "cuda",
@@ -535,18 +537,24 @@ def _embed(model: ComposedRetrievalModel, preprocessing: Preprocessing, todo: li
     was_training = model.training
     model.eval()
     start = time.perf_counter()
+    interrupted = False
     try:
         with _progress(len(todo), progress) as bar, torch.no_grad():
             for images, rows, bad in loader:
-                failures.update(bad)
+                embedded = None
                 if images is not None:
                     images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-                    out[rows] = F.normalize(model.embed_images(images).float(), dim=-1).cpu()
+                    embedded = F.normalize(model.embed_images(images).float(), dim=-1).cpu()
+                failures.update(bad)  # a batch counts whole or not at all
+                if embedded is not None:
+                    out[rows] = embedded
                     ok[rows] = True
                 bar.advance(len(rows) + len(bad), time.perf_counter() - start)
+    except KeyboardInterrupt:
+        interrupted = True
     finally:
         model.train(was_training)
-    return out[ok], failures, time.perf_counter() - start
+    return out[ok], ok, failures, time.perf_counter() - start, interrupted
 
 
 class _progress:

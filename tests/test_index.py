@@ -179,6 +179,34 @@ def test_incremental_reindex_reads_only_new_and_changed_files(tmp_path, checkpoi
     assert loaded.search(folder / "img0.png", TEXT, k=3).paths == fresh.search(folder / "img0.png", TEXT, k=3).paths
 
 
+def test_a_build_stopped_by_ctrl_c_keeps_what_it_embedded_and_the_same_command_continues(tmp_path, checkpoints,
+                                                                                          monkeypatch):
+    from compose_retrieval.errors import RunInterrupted
+    from compose_retrieval.model import ComposedRetrievalModel
+
+    folder = write_folder(tmp_path / "images", count=7)
+    embed = ComposedRetrievalModel.embed_images
+    calls = []
+
+    def interrupted_on_the_third_batch(self, images):
+        calls.append(len(images))
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return embed(self, images)
+
+    monkeypatch.setattr(ComposedRetrievalModel, "embed_images", interrupted_on_the_third_batch)
+    with pytest.raises(RunInterrupted, match=r"4 of 7 images embedded .* run the same command again") as info:
+        Index.build(folder, checkpoints["tirg"], tmp_path / "index", batch_size=2, progress=False)
+    assert "\n" not in str(info.value)
+    monkeypatch.setattr(ComposedRetrievalModel, "embed_images", embed)
+    saved = Index.load(tmp_path / "index")
+    assert len(saved) == 4 and saved.skipped == []  # two whole batches; the one stopped counts as not read
+    resumed = Index.build(folder, checkpoints["tirg"], tmp_path / "index", batch_size=2, progress=False)
+    assert (resumed.stats.embedded, resumed.stats.reused) == (3, 4)
+    fresh = Index.build(folder, checkpoints["tirg"], tmp_path / "fresh", batch_size=2, progress=False)
+    assert resumed.paths == fresh.paths and torch.allclose(resumed.embeddings, fresh.embeddings, atol=1e-6)
+
+
 def test_unreadable_files_are_skipped_listed_and_retried_once_changed(tmp_path, checkpoints):
     folder = write_folder(tmp_path / "images", count=3)
     (folder / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
