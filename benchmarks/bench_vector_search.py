@@ -171,7 +171,8 @@ def main() -> None:
         print(f"\nN = {size:,}: vectors made in {made:.1f} s; exact top {K} of {args.queries} queries batched in "
               f"{time.perf_counter() - start:.2f} s", flush=True)
         for name, options, again in backends:
-            label = name + (":" + ",".join(f"{k}={v}" for k, v in options.items() if k not in SEARCH_TIME) if options else "")
+            built = ",".join(f"{k}={v}" for k, v in options.items() if k not in SEARCH_TIME)
+            label = name + (":" + built if built else "")
             if name == "hnsw" and hnsw_builds.get(label):
                 done, seconds = hnsw_builds[label]
                 guess = seconds * size * math.log(size) / (done * math.log(done))

@@ -39,7 +39,7 @@ from .errors import ComposeRetrievalError, OptionError
 from .options import Range, check_value, describe_type
 from .ranking import top_k
 
-__all__ = ["SEARCH_BACKENDS", "VectorSearch", "INDEX_FILE"]
+__all__ = ["SEARCH_BACKENDS", "VectorSearch", "INDEX_FILE", "check_backend"]
 
 SEARCH_BACKENDS = ("exact", "flat", "ivf", "hnsw")
 
@@ -89,6 +89,15 @@ def _check_options(backend: str, options: dict[str, Any]) -> None:
             listing = ", ".join(f"{n} ({describe_type(a)})" for n, (a, _) in declared.items()) or "none"
             raise OptionError(f"{owner} has no option {key!r}.{hint} Its options: {listing}.")
         check_value(owner, key, value, declared[key][0])
+
+
+def check_backend(backend: str, options: dict[str, Any] | None = None) -> None:
+    """Raise the one-line error that ``VectorSearch(vectors, backend, **options)`` would raise for an unknown backend
+    or option, a value out of range or FAISS missing, without building anything (nlist against the number of
+    vectors is checked when building)."""
+    _check_options(_check_backend(backend), dict(options or {}))
+    if backend != "exact":
+        _import_faiss(backend)
 
 
 def _import_faiss(backend: str):

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from compose_retrieval import ComposeRetrievalError, OptionError
-from compose_retrieval.vector_search import INDEX_FILE, SEARCH_BACKENDS, VectorSearch
+from compose_retrieval.vector_search import INDEX_FILE, SEARCH_BACKENDS, VectorSearch, check_backend
 
 FAISS_BACKENDS = [b for b in SEARCH_BACKENDS if b != "exact"]
 
@@ -145,6 +145,9 @@ def test_bad_backend_or_option_is_one_line(backend, options, expected):
     with pytest.raises(OptionError) as info:
         VectorSearch(unit(2000, 16), backend, **options)
     assert expected in str(info.value) and "\n" not in str(info.value)
+    if "nlist" not in options:  # the same error before any vector exists
+        with pytest.raises(OptionError, match=expected.replace("?", r"\?").replace("(", r"\(")):
+            check_backend(backend, options)
 
 
 def test_ivf_needs_vectors_to_train_on():
@@ -162,6 +165,9 @@ def test_faiss_missing_is_one_line(monkeypatch):
     message = str(info.value)
     assert "\n" not in message and 'pip install "compose-retrieval[faiss]"' in message
     VectorSearch(vectors, "exact").search(vectors[:2], 3)  # exact search needs no FAISS
+    check_backend("exact")
+    with pytest.raises(ComposeRetrievalError, match="compose-retrieval\\[faiss\\]"):
+        check_backend("ivf", {"nprobe": 8})
 
 
 # ------------------------------------------------------------------------------------------------ saving
