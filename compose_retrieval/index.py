@@ -48,7 +48,7 @@ from .devices import resolve_device
 from .errors import CheckpointError, ComposeRetrievalError, DatasetError, OptionError, RunInterrupted
 from .model import ComposedRetrievalModel
 from .preprocessing import Preprocessing
-from .vector_search import SEARCH_BACKENDS, VectorSearch
+from .vector_search import VectorSearch, check_backend
 from .zoo import resolve, sha256_of
 
 __all__ = ["INDEX_SUFFIXES", "INDEX_FORMAT_VERSION", "INDEX_FILE", "EMBEDDINGS_FILE", "BuildStats", "SearchResult", "Index"]
@@ -197,7 +197,7 @@ class Index:
         loaded.place(device)
         preprocessing = _preprocessing_of(loaded, checkpoint)
         dim = loaded.spec.embed_dim
-        _check_backend(backend, backend_options, dim)  # before the images are read, not after
+        check_backend(backend, backend_options)  # before the images are read, not after
 
         found, skipped = _walk(root, include)
         old_rows: dict[str, int] = {}
@@ -398,15 +398,6 @@ class Index:
 def _check_int(name: str, value: Any, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise OptionError(f"{name} must be a whole number of at least {minimum}, not {value!r}")
-
-
-def _check_backend(backend: str, options: dict[str, Any], dim: int) -> None:
-    """A misspelt backend or option, or FAISS missing, is an error before any image is read: the search is tried on a
-    few random unit vectors (ivf's nlist, which depends on how many vectors there are, is checked at the end)."""
-    if backend not in SEARCH_BACKENDS:
-        VectorSearch(torch.empty(0, dim), backend)  # raises the backend's own error, with a suggestion
-    trial = {k: v for k, v in options.items() if not (backend == "ivf" and k == "nlist")}
-    VectorSearch(F.normalize(torch.randn(64, dim, generator=torch.Generator().manual_seed(0)), dim=-1), backend, **trial)
 
 
 def _patterns(include: str | Sequence[str] | None) -> list[str] | None:
