@@ -321,6 +321,12 @@ class Index:
                    identity=dict(identity), skipped=meta["skipped"], backend=meta["backend"],
                    backend_options=meta["backend_options"], search=search, include=meta["include"], device=device)
 
+    def set_search_options(self, **options: Any) -> None:
+        """Search wider or narrower without rebuilding (ivf: ``nprobe``; hnsw: ``ef_search``): more of the true top k,
+        more slowly. For this ``Index`` object only; index.json keeps the options it was built with."""
+        self._search.set_search_options(**options)
+        self.backend_options = dict(self._search.options)
+
     # ------------------------------------------------------------------ searching
 
     @torch.no_grad()

@@ -97,3 +97,17 @@ def test_cli_errors_are_one_line(indexed, tmp_path):
     broken.mkdir()
     (broken / "index.json").write_text("[1, 2")
     assert_one_line_error(invoke("search", broken, "--image", folder / "img0.png"), "index.json")
+
+
+def test_search_opt_widens_an_approximate_search_and_refuses_a_build_option(indexed, tmp_path):
+    root, folder, checkpoint, _ = indexed
+    built = invoke("index", folder, "--model", checkpoint, "--out", tmp_path / "ivf", "--backend", "ivf",
+                   "--backend-opt", "nprobe=1", "--no-progress")
+    assert built.exit_code == 0, built.output
+    exact = Index.load(root / "index").search(folder / "img0.png", TEXT, k=7)
+    wide = invoke("search", tmp_path / "ivf", "--image", folder / "img0.png", "--text", TEXT, "-k", "7", "--json",
+                  "--search-opt", "nprobe=64")
+    assert wide.exit_code == 0, wide.output
+    assert [r["path"] for r in json.loads(wide.stdout)["results"]] == exact.paths  # every list probed: exact
+    refused = invoke("search", tmp_path / "ivf", "--image", folder / "img0.png", "--search-opt", "nlist=2")
+    assert_one_line_error(refused, "nlist", "rebuild the index")

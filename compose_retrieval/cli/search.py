@@ -65,6 +65,8 @@ def search(
     html: Optional[Path] = typer.Option(None, "--html", help="Write a self-contained HTML page of the query and results."),
     model: Optional[str] = typer.Option(None, "--model", help="The checkpoint the index was built with, where it has "
                                         "moved (it must have the recorded sha256)."),
+    search_opt: Optional[List[str]] = typer.Option(None, "--search-opt", help="Search wider for this query: KEY=VALUE "
+                                                  "(ivf: nprobe; hnsw: ef_search); more recall, more time."),
     include_query: bool = typer.Option(False, "--include-query", help="Keep the query image among the results when "
                                        "it is a file of the index."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, ..."),
@@ -75,6 +77,8 @@ def search(
 
     with errors_as_exit():
         loaded = Index.load(index_dir, model=model, device=device)
+        if search_opt:
+            loaded.set_search_options(**parse_options(search_opt, "--search-opt"))
         result = loaded.search(image, text, k, exclude_self=not include_query)
         if sheet is not None:
             contact_sheet(image, text, result, loaded, sheet)
