@@ -41,6 +41,7 @@ from .errors import ComposeRetrievalError, DatasetError, OptionError
 from .features import ImageFeatures, TextFeatures
 from .model import ComposedRetrievalModel
 from .options import Range, check_value
+from .progress import CountProgress
 
 __all__ = [
     "CompositionTask", "Classification", "DEFAULT_BIAS", "SCORERS", "composition_metrics", "chance_metrics",
@@ -347,28 +348,6 @@ def chance_metrics(labels: Tensor | Sequence[int], seen: Tensor | Sequence[bool]
 # ----------------------------------------------------------------------------------------------- scoring
 
 
-class _Bar:
-    """A rich progress bar (nothing when disabled)."""
-
-    def __init__(self, description: str, total: int, enabled: bool):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-        self._progress = Progress(TextColumn(f"[bold]{description}"), BarColumn(), MofNCompleteColumn(),
-                                  TimeElapsedColumn(), TimeRemainingColumn(), disable=not enabled)
-        self._total = total
-
-    def __enter__(self) -> "_Bar":
-        self._progress.__enter__()
-        self._task = self._progress.add_task("", total=self._total)
-        return self
-
-    def advance(self, n: int = 1) -> None:
-        self._progress.update(self._task, advance=n)
-
-    def __exit__(self, *exc) -> None:
-        self._progress.__exit__(*exc)
-
-
 def _loader(images, indices: list[int], batch_size: int, num_workers: int, device: torch.device) -> DataLoader:
     return DataLoader(Subset(images, indices), batch_size=batch_size, shuffle=False, num_workers=num_workers,
                       pin_memory=device.type == "cuda", generator=torch.Generator())
@@ -464,7 +443,7 @@ def _accumulate(model, task, pairs, by_object, text, attribute_id, sums, batch_s
     if not order:
         return
     conditions = model.combiner.conditions_image_encoder
-    with _Bar("prototypes", len(order), progress) as bar:
+    with CountProgress("prototypes", len(order), progress) as bar:
         done = 0
         for images in _loader(task.train_images, order, batch_size, num_workers, device):
             images = images.to(device, non_blocking=True)
@@ -494,7 +473,7 @@ def _native_prototypes(model, task, pairs, by_object, text, attribute_id, batch_
     another attribute, and row j of ``attributes`` the text features of its attribute."""
     sums: dict[Hashable, list] = {}  # key (object,) or (object, attribute) -> [pooled sum, map sum, count]
     order = [i for o in sorted(by_object) for i in by_object[o]]
-    with _Bar("object features", len(order), progress) as bar:
+    with CountProgress("object features", len(order), progress) as bar:
         done = 0
         for images in _loader(task.train_images, order, batch_size, num_workers, device):
             features = model.image_encoder(images.to(device).contiguous(memory_format=torch.channels_last))
@@ -511,7 +490,7 @@ def _native_prototypes(model, task, pairs, by_object, text, attribute_id, batch_
         return None
     pooled_size, map_size = next(iter(sums.values()))[0].shape, next(iter(sums.values()))[1].shape
     out = torch.zeros(len(pairs), _embed_dim(model), device=device)
-    with _Bar("pair prototypes", len(pairs), progress) as bar:
+    with CountProgress("pair prototypes", len(pairs), progress) as bar:
         for start in range(0, len(pairs), batch_size):
             chunk = pairs[start : start + batch_size]
             pooled, maps, keep = [], [], []
@@ -544,7 +523,7 @@ def score_pairs(embeddings: Tensor, prototypes: Tensor, *, rows: int = 1024, pro
     ``rows`` images at a time on the prototypes' device (the result is the only (N, P) array made)."""
     out = torch.empty(embeddings.shape[0], prototypes.shape[0], dtype=torch.float32)
     targets = prototypes.float().T.contiguous()
-    with _Bar("scores", embeddings.shape[0], progress) as bar:
+    with CountProgress("scores", embeddings.shape[0], progress) as bar:
         for start in range(0, embeddings.shape[0], rows):
             block = embeddings[start : start + rows].to(targets.device).float()
             if targets.device.type == "cpu":  # straight into the result: no temporary block per step

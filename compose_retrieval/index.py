@@ -48,6 +48,7 @@ from .devices import resolve_device
 from .errors import CheckpointError, ComposeRetrievalError, DatasetError, OptionError, RunInterrupted
 from .model import ComposedRetrievalModel
 from .preprocessing import Preprocessing
+from .progress import CountProgress
 from .vector_search import VectorSearch, check_backend
 from .zoo import resolve, sha256_of
 
@@ -536,7 +537,7 @@ def _embed(model: ComposedRetrievalModel, preprocessing: Preprocessing, todo: li
     start = time.perf_counter()
     interrupted = False
     try:
-        with _progress(len(todo), progress) as bar, torch.no_grad():
+        with CountProgress("index", len(todo), progress, unit="img", stderr=True) as bar, torch.no_grad():
             for images, rows, bad in loader:
                 embedded = None
                 if images is not None:
@@ -546,40 +547,12 @@ def _embed(model: ComposedRetrievalModel, preprocessing: Preprocessing, todo: li
                 if embedded is not None:
                     out[rows] = embedded
                     ok[rows] = True
-                bar.advance(len(rows) + len(bad), time.perf_counter() - start)
+                bar.advance(len(rows) + len(bad))
     except KeyboardInterrupt:
         interrupted = True
     finally:
         model.train(was_training)
     return out[ok], ok, failures, time.perf_counter() - start, interrupted
-
-
-class _progress:
-    """The indexing progress bar (rich, on stderr); disabled, it does nothing."""
-
-    def __init__(self, total: int, enabled: bool):
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-        self.total = total
-        self._done = 0
-        self._progress = Progress(
-            TextColumn("[bold]index"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[speed]:.1f} img/s"), TimeElapsedColumn(), TimeRemainingColumn(),
-            console=Console(stderr=True), disable=not enabled,
-        )
-
-    def __enter__(self) -> "_progress":
-        self._progress.__enter__()
-        self._task = self._progress.add_task("index", total=self.total, speed=0.0)
-        return self
-
-    def advance(self, images: int, elapsed: float) -> None:
-        self._done += images
-        self._progress.update(self._task, advance=images, speed=self._done / max(elapsed, 1e-9))
-
-    def __exit__(self, *exc: Any) -> None:
-        self._progress.__exit__(*exc)
 
 
 def _query_pixels(image: Any) -> tuple[Tensor, str]:
