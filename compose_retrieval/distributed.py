@@ -51,6 +51,7 @@ import os
 import pickle
 import signal
 import threading
+import warnings
 from typing import Any, Callable, Iterator, TypeVar
 
 import numpy as np
@@ -62,7 +63,7 @@ from .errors import ComposeRetrievalError, OptionError
 
 __all__ = [
     "launched", "active", "rank", "world_size", "local_rank", "local_world_size", "is_main", "device_for", "session",
-    "gather", "on_main", "everywhere", "raised_everywhere", "barrier", "broadcast", "sync_batchnorm", "has_batchnorm",
+    "gather", "on_main", "everywhere", "raised_everywhere", "barrier", "broadcast", "sync_batchnorm", "has_batchnorm", "data_parallel",
     "random_state", "set_random_state", "gather_random_states", "seed_rank", "StopRequests", "TIMEOUT",
 ]
 
@@ -313,6 +314,33 @@ def seed_rank(seed: int, step: int) -> None:
     rank 0 keeps the stream the single process would have."""
     if rank() != 0:
         torch.manual_seed(int(np.random.SeedSequence((seed, rank(), step)).generate_state(1)[0]))
+
+
+def data_parallel(model: nn.Module, device: torch.device, *, seed: int, step: int,
+                  saved_random: list[dict[str, str]] | None = None) -> tuple[nn.Module, Callable[[], None] | None]:
+    """What runs a training step on several processes: this process's random stream (the one a resumed run saved
+    for it, else ``seed_rank``), SyncBatchNorm on CUDA (a warning on the CPU, where torch has none), and ``model``
+    wrapped in DistributedDataParallel. Returns the module to call and the function that puts the BatchNorms back
+    (None when nothing was swapped). With one process: ``(model, None)``."""
+    if world_size() == 1:
+        return model, None
+    if saved_random and len(saved_random) == world_size():
+        if rank():
+            set_random_state(saved_random[rank()])
+    else:
+        seed_rank(seed, step)
+    restore = None
+    if device.type == "cuda":  # statistics over the global batch, as one process computes them
+        restore = sync_batchnorm(model)
+    elif is_main() and has_batchnorm(model):
+        warnings.warn("on the CPU each process computes BatchNorm statistics over its own share of the batch "
+                      "(SyncBatchNorm needs a GPU): this model trains close to, not exactly as, one process with "
+                      "the whole batch", RuntimeWarning, stacklevel=4)
+    # static_graph: the same parameters take part at every step, and a combiner that leaves an encoder unused needs
+    # no find_unused_parameters traversal
+    wrapped = nn.parallel.DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None, static_graph=True)
+    return wrapped, restore
 
 
 class StopRequests:

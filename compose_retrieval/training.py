@@ -8,7 +8,6 @@ import math
 import os
 import shlex
 import time
-import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -173,25 +172,8 @@ def _run(config: TrainConfig, run_dir: Path | None, progress: bool, on_log, *, r
     loader = training_loader(train_set, config, device, start, rank=rank, world=world)
     log = MetricsLog(run_dir if main else None, keep_until=start, tensorboard=config.tensorboard)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=config.amp and device.type == "cuda")
-    forward: Any = model
-    restore_batchnorm = None
-    if world > 1:
-        saved = extra.get("rank_random") if resuming else None
-        if saved and len(saved) == world:
-            if rank:
-                distributed.set_random_state(saved[rank])
-        else:
-            distributed.seed_rank(config.seed, start)
-        if device.type == "cuda":  # statistics over the global batch, as one process computes them
-            restore_batchnorm = distributed.sync_batchnorm(model)
-        elif main and distributed.has_batchnorm(model):
-            warnings.warn("on the CPU each process computes BatchNorm statistics over its own share of the batch "
-                          "(SyncBatchNorm needs a GPU): this model trains close to, not exactly as, one process with "
-                          "the whole batch", RuntimeWarning, stacklevel=3)
-        # static_graph: the same parameters take part at every step, and a combiner that leaves an encoder unused
-        # (image_only, text_only) needs no find_unused_parameters traversal
-        forward = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None, static_graph=True)
+    forward, restore_batchnorm = distributed.data_parallel(
+        model, device, seed=config.seed, step=start, saved_random=extra.get("rank_random") if resuming else None)
     forward = torch.compile(forward) if config.compile else forward
     recipe = {**recipe_of(config), "protocol": protocol.name}
 
