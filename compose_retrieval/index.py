@@ -159,7 +159,7 @@ class Index:
         model: str | os.PathLike,
         out: str | os.PathLike,
         *,
-        backend: str = "exact",
+        backend: str | None = None,
         backend_options: dict[str, Any] | None = None,
         include: str | Sequence[str] | None = None,
         batch_size: int = 64,
@@ -170,11 +170,13 @@ class Index:
         """Index the images of ``folder`` with ``model`` (a zoo name, a run directory or a checkpoint file) into the
         directory ``out``; see the module docstring. ``include``: glob pattern(s) a file's relative posix path must
         match (``*`` crosses folders: "*.png" is every PNG, "shoes/*" everything under shoes/; case-sensitive, while
-        the image suffixes are matched in any case). Returns the index,
+        the image suffixes are matched in any case). ``backend`` (default "exact") and ``include`` left None when
+        ``out`` holds an index keep what it was built with (``backend_options`` then change the recorded ones; ivf's
+        nlist follows the number of images unless given); include="*" takes every image again. Returns the index,
         with ``stats`` saying what was embedded, reused, dropped and skipped."""
         _check_int("batch_size", batch_size, 1)
         _check_int("num_workers", num_workers, 0)
-        if not isinstance(backend, str):
+        if backend is not None and not isinstance(backend, str):
             raise OptionError(f"the search backend is a name, not {type(backend).__name__}")
         backend_options = dict(backend_options or {})
         include = _patterns(include)
@@ -194,6 +196,13 @@ class Index:
             "sha256": sha256_of(checkpoint),
         }
         previous = _previous_build(out, identity, root)
+        if previous is not None and backend is None:  # building again keeps how the index searches
+            backend = previous["backend"]
+            recorded = {k: v for k, v in previous["backend_options"].items() if k != "nlist"}
+            backend_options = {**recorded, **backend_options}
+        if previous is not None and include is None:
+            include = previous["include"]
+        backend = backend or "exact"
         loaded, _ = load_checkpoint(checkpoint, map_location=device)
         loaded.place(device)
         preprocessing = _preprocessing_of(loaded, checkpoint)
@@ -248,11 +257,24 @@ class Index:
 
         index = torch.tensor([s if s >= 0 else len(old_embeddings) - 1 - s for s in source], dtype=torch.long)
         embeddings = torch.cat([old_embeddings.float(), new_embeddings])[index].contiguous()
-        search = VectorSearch(embeddings, backend, **backend_options)
+        failed: BaseException | None = None
+        try:
+            search = VectorSearch(embeddings, backend, **backend_options)
+        except (Exception, KeyboardInterrupt) as exc:  # the embeddings are saved all the same, with exact search
+            failed = exc
+            search = VectorSearch(embeddings, "exact")
         index_obj = cls(directory=out, folder=root, files=files, embeddings=embeddings, model=loaded, identity=identity,
                         skipped=skipped, backend=search.backend, backend_options=search.options, search=search,
                         include=include, device=device, stats=stats)
         index_obj._write()
+        if failed is not None:
+            saved = f"the {len(files)} embeddings are saved in {out} with exact search, and building again reuses them"
+            if isinstance(failed, KeyboardInterrupt):
+                raise RunInterrupted(f"interrupted while building the {backend} search index; {saved}") from None
+            if isinstance(failed, ComposeRetrievalError):
+                raise type(failed)(f"{failed}; {saved}") from None
+            raise ComposeRetrievalError(f"building the {backend} search index failed ({type(failed).__name__}: "
+                                        f"{str(failed).strip()[:200]}); {saved}") from failed
         if interrupted:  # what was embedded is saved: the same command embeds only the rest
             raise RunInterrupted(
                 f"interrupted: {stats.embedded} of {len(todo)} images embedded and saved in {out} "
@@ -558,7 +580,7 @@ def _embed(model: ComposedRetrievalModel, preprocessing: Preprocessing, todo: li
 def _query_pixels(image: Any) -> tuple[Tensor, str]:
     """A query image (a path, a PIL image, a (3, H, W) uint8 tensor) -> (its pixels, a description)."""
     if isinstance(image, (str, os.PathLike)):
-        return read_image(image), str(image)
+        return read_image(image, remedy="give a JPEG, PNG or WebP image"), str(image)
     if isinstance(image, Tensor):
         if image.dtype != torch.uint8 or image.dim() != 3 or image.shape[0] != 3 or min(image.shape[1:]) < 1:
             raise OptionError(f"a query image tensor must be (3, H, W) uint8 RGB, not {tuple(image.shape)} {image.dtype}")
@@ -603,7 +625,7 @@ def _read_index_json(directory: Path, remedy: str = _REBUILD) -> dict[str, Any]:
         raise bad("its model is not {name, path, sha256}")
     checks = {
         "build_id": lambda v: isinstance(v, str) and re.fullmatch(r"[0-9a-f]{16}", v),
-        "folder": lambda v: isinstance(v, str) and v,
+        "folder": lambda v: isinstance(v, str) and os.path.isabs(v),
         "backend": lambda v: isinstance(v, str),
         "backend_options": lambda v: isinstance(v, dict),
         "backend_dir": lambda v: v is None or (isinstance(v, str) and _SEARCH_DIR.fullmatch(v)),
@@ -618,6 +640,8 @@ def _read_index_json(directory: Path, remedy: str = _REBUILD) -> dict[str, Any]:
     paths = [f["path"] for f in meta["files"]]
     if len(set(paths)) != len(paths) or not all(_safe_relative(p) for p in paths):
         raise bad("its files are not distinct paths inside the folder")
+    if not all(p.lower().endswith(INDEX_SUFFIXES) for p in paths):  # an index holds images, nothing else of the folder
+        raise bad(f"its files are not all images ({' '.join(INDEX_SUFFIXES)})")
     if meta.get("count", len(paths)) != len(paths):
         raise bad("its count is not the number of its files")
     return meta
@@ -721,7 +745,7 @@ def _recorded_checkpoint(directory: Path, identity: dict[str, Any], override: st
             path = resolve(identity["name"])
         except ComposeRetrievalError as exc:
             raise CheckpointError(f"the index in {directory} was built with {identity['name']!r}, which cannot be "
-                                  f"loaded here ({str(exc)[:150]}); {hint}") from None
+                                  f"loaded here ({str(exc)}); {hint}") from None
     else:
         path = Path(identity["path"])
         if not path.is_file():

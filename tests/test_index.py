@@ -306,7 +306,8 @@ def test_a_zoo_name_is_recorded_and_resolved(tmp_path):
 
 
 @pytest.mark.parametrize("damage", ["index_garbage", "index_missing", "index_field", "embeddings_garbage",
-                                    "embeddings_missing", "embeddings_other_build", "traversal"])
+                                    "embeddings_missing", "embeddings_other_build", "traversal", "not_an_image",
+                                    "relative_folder"])
 def test_a_damaged_index_is_one_line(tmp_path, checkpoints, damage):
     folder = write_folder(tmp_path / "images", count=2)
     out = tmp_path / "index"
@@ -332,6 +333,14 @@ def test_a_damaged_index_is_one_line(tmp_path, checkpoints, damage):
         meta["build_id"] = "0" * 16
         (out / INDEX_FILE).write_text(json.dumps(meta))
         named = "interrupted build"
+    elif damage == "not_an_image":  # a hand-edited index must not make a file of the folder that is no image servable
+        meta["files"][0]["path"] = ".git/config"
+        (out / INDEX_FILE).write_text(json.dumps(meta))
+        named = "not all images"
+    elif damage == "relative_folder":  # it would be resolved against wherever the index is loaded from
+        meta["folder"] = "images"
+        (out / INDEX_FILE).write_text(json.dumps(meta))
+        named = "'folder'"
     else:
         meta["files"][0]["path"] = "../../etc/passwd"
         (out / INDEX_FILE).write_text(json.dumps(meta))
@@ -364,3 +373,40 @@ def test_faiss_flat_through_the_index_equals_exact(built, tmp_path):
     hnsw = Index.build(folder, index.identity["path"], tmp_path / "flat", backend="hnsw", backend_options={"m": 8}, progress=False)
     assert hnsw.stats.reused == 9 and len([p for p in (tmp_path / "flat").iterdir() if p.is_dir()]) == 1
     assert Index.load(tmp_path / "flat").backend_options["m"] == 8
+
+
+def test_a_search_index_that_fails_to_build_keeps_the_embeddings(tmp_path, checkpoints):
+    folder = write_folder(tmp_path / "images", count=7)
+    with pytest.raises(ComposeRetrievalError, match=r"nlist=50 .* the 7 embeddings are saved in .* with exact search, "
+                                                    r"and building again reuses them") as info:
+        Index.build(folder, checkpoints["tirg"], tmp_path / "index", backend="ivf", backend_options={"nlist": 50},
+                    progress=False)
+    assert "\n" not in str(info.value)
+    saved = Index.load(tmp_path / "index")
+    assert len(saved) == 7 and saved.backend == "exact"
+    again = Index.build(folder, checkpoints["tirg"], tmp_path / "index", backend="ivf", backend_options={"nlist": 2},
+                        progress=False)
+    assert (again.stats.embedded, again.stats.reused, again.backend, again.backend_options["nlist"]) == (0, 7, "ivf", 2)
+
+
+def test_building_again_keeps_the_recorded_backend_and_include(tmp_path, checkpoints):
+    folder = write_folder(tmp_path / "images", count=9)
+    first = Index.build(folder, checkpoints["tirg"], tmp_path / "index", backend="hnsw", backend_options={"m": 8},
+                        include="nested/*", progress=False)
+    assert len(first) == 6 and all(p.startswith("nested/") for p in first.paths)
+    again = Index.build(folder, checkpoints["tirg"], tmp_path / "index", progress=False)
+    assert (again.backend, again.backend_options["m"], again.include, again.paths) == ("hnsw", 8, ["nested/*"], first.paths)
+    assert again.stats.reused == 6 and again.stats.embedded == 0
+    widened = Index.build(folder, checkpoints["tirg"], tmp_path / "index", backend_options={"ef_search": 99},
+                          include="*", progress=False)
+    assert widened.backend == "hnsw" and widened.backend_options["ef_search"] == 99 and len(widened) == 9
+    exact = Index.build(folder, checkpoints["tirg"], tmp_path / "index", backend="exact", progress=False)
+    assert exact.backend == "exact" and Index.load(tmp_path / "index").backend == "exact"
+
+
+def test_an_undecodable_query_image_is_one_line_that_fits_search(built, tmp_path):
+    index, _ = built
+    junk = tmp_path / "query.jpg"
+    junk.write_bytes(b"not a picture")
+    with pytest.raises(ComposeRetrievalError, match=r"cannot decode image .*query\.jpg .*give a JPEG, PNG or WebP image"):
+        index.search(junk, TEXT)
