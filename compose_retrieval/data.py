@@ -52,8 +52,12 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp")
 """File name endings (lower case) taken as images when a dataset lists a folder."""
 
 
-def read_image(path: str | os.PathLike) -> Tensor:
-    """One image file -> (3, H, W) uint8 RGB; a missing or corrupt file is named.
+_DATASET_REMEDY = "replace or remove it, or skip unreadable images with --dataset-opt skip_unreadable=true"
+
+
+def read_image(path: str | os.PathLike, remedy: str = _DATASET_REMEDY) -> Tensor:
+    """One image file -> (3, H, W) uint8 RGB; a missing or corrupt file is named, with ``remedy`` (by default a
+    dataset's: replace the file or skip unreadable images).
 
     Decoded with Pillow (torchvision 0.29 deprecates its own decoders in favour of
     torchcodec, which this project does not depend on), then handed to torchvision.
@@ -68,10 +72,7 @@ def read_image(path: str | os.PathLike) -> Tensor:
         raise DatasetError(f"image not found: {path}") from None
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DatasetError(
-            f"cannot decode image {path} ({reason}); replace or remove it, or skip unreadable images "
-            "with --dataset-opt skip_unreadable=true"
-        ) from None
+        raise DatasetError(f"cannot decode image {path} ({reason}); {remedy}") from None
 
 
 class ImageFiles(torch.utils.data.Dataset):
