@@ -100,6 +100,16 @@ def _wrap(text: str, font, width: int, lines: int) -> list[str]:
     return [_fit(line, font, width) for line in wrapped]
 
 
+def _write(out_path: Path, write) -> None:
+    """``atomic_write``, with a file that cannot be written (a folder in the way, no permission) named in one line."""
+    if Path(out_path).is_dir():
+        raise ComposeRetrievalError(f"cannot write {out_path}: it is a folder; give a file name")
+    try:
+        atomic_write(out_path, write)
+    except OSError as exc:
+        raise ComposeRetrievalError(f"cannot write {out_path}: {exc.strerror or exc}") from None
+
+
 def contact_sheet(query_image: Any, text: str | None, result: Any, folder_or_index: Any, out_path: str | os.PathLike,
                   thumb: int = 160, columns: int = 6) -> Path:
     """Write a PNG: the query (image and text) in the first cell, then the results in rank order with
@@ -134,7 +144,7 @@ def contact_sheet(query_image: Any, text: str | None, result: Any, folder_or_ind
         name = path.rsplit("/", 1)[-1]
         place(i, image, [(f"#{rank}  {score:.3f}", _INK), (_fit(name, font, thumb), _INK)])
     out_path = Path(out_path)
-    atomic_write(out_path, lambda tmp: sheet.save(tmp, format="PNG"))
+    _write(out_path, lambda tmp: sheet.save(tmp, format="PNG"))
     return out_path
 
 
@@ -187,5 +197,5 @@ def html_page(query_image: Any, text: str | None, result: Any, folder_or_index: 
     title = "search: " + (text if text else "an image")
     page = _PAGE.format(title=escape(title), thumb=thumb, cells="\n".join(cells))
     out_path = Path(out_path)
-    atomic_write(out_path, lambda tmp: Path(tmp).write_text(page, encoding="utf-8"))
+    _write(out_path, lambda tmp: Path(tmp).write_text(page, encoding="utf-8"))
     return out_path

@@ -101,13 +101,36 @@ def test_cli_errors_are_one_line(indexed, tmp_path):
 
 def test_search_opt_widens_an_approximate_search_and_refuses_a_build_option(indexed, tmp_path):
     root, folder, checkpoint, _ = indexed
+    # one image a list: probing one list finds one image; probing all of them is exact search
     built = invoke("index", folder, "--model", checkpoint, "--out", tmp_path / "ivf", "--backend", "ivf",
-                   "--backend-opt", "nprobe=1", "--no-progress")
+                   "--backend-opt", "nlist=7", "--backend-opt", "nprobe=1", "--no-progress")
     assert built.exit_code == 0, built.output
-    exact = Index.load(root / "index").search(folder / "img0.png", TEXT, k=7)
-    wide = invoke("search", tmp_path / "ivf", "--image", folder / "img0.png", "--text", TEXT, "-k", "7", "--json",
-                  "--search-opt", "nprobe=64")
-    assert wide.exit_code == 0, wide.output
-    assert [r["path"] for r in json.loads(wide.stdout)["results"]] == exact.paths  # every list probed: exact
+    exact = Index.load(root / "index").search(folder / "img0.png", TEXT, k=6)
+
+    def found(*options):
+        result = invoke("search", tmp_path / "ivf", "--image", folder / "img0.png", "--text", TEXT, "-k", "6", "--json",
+                        *options)
+        assert result.exit_code == 0, result.output
+        return [r["path"] for r in json.loads(result.stdout)["results"]]
+
+    narrow, wide = found(), found("--search-opt", "nprobe=7")
+    assert len(narrow) < 6 and wide == exact.paths
     refused = invoke("search", tmp_path / "ivf", "--image", folder / "img0.png", "--search-opt", "nlist=2")
     assert_one_line_error(refused, "nlist", "rebuild the index")
+
+
+def test_a_sheet_that_cannot_be_written_is_one_line_after_the_results(indexed, tmp_path):
+    root, folder, _, _ = indexed
+    result = invoke("search", root / "index", "--image", folder / "img0.png", "--text", TEXT, "--sheet", tmp_path)
+    assert_one_line_error(result, "cannot write", "it is a folder")
+    assert "rank" in result.stdout  # the results were printed before
+
+
+def test_an_empty_folder_is_indexed_with_a_warning(tmp_path):
+    root = tmp_path
+    (root / "empty").mkdir()
+    (root / "empty" / "a.gif").write_bytes(b"GIF89a")
+    checkpoint = make_checkpoint(root / "model.safetensors")
+    result = invoke("index", root / "empty", "--model", checkpoint, "--out", root / "index", "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert "no image found" in result.stderr and ".jpg .jpeg .png .webp" in result.stderr

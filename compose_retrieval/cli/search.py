@@ -23,24 +23,30 @@ def index(
     model: str = typer.Option(..., "--model", help="A zoo name, a run directory or a checkpoint (.safetensors) file."),
     out: Path = typer.Option(..., "--out", help="The index folder: new, empty, or an index of this folder built with "
                              "this model (then only new and changed files are read)."),
-    backend: str = typer.Option("exact", help="Vector search: exact (torch), flat, ivf or hnsw (FAISS)."),
+    backend: Optional[str] = typer.Option(None, help="Vector search: exact (torch), flat, ivf or hnsw (FAISS); default "
+                                          "exact, or what an existing index at --out was built with."),
     backend_opt: Optional[List[str]] = typer.Option(None, "--backend-opt", help="A backend option KEY=VALUE "
                                                    "(ivf: nlist, nprobe; hnsw: m, ef_construction, ef_search)."),
     include: Optional[List[str]] = typer.Option(None, "--include", help="Index only paths (relative to FOLDER) "
-                                               "matching this glob; '*' crosses folders. Repeatable."),
+                                               "matching this glob; '*' crosses folders. Repeatable. Building again "
+                                               "keeps the recorded patterns unless given ('*': every image)."),
     batch_size: int = typer.Option(64, help="Images per forward pass."),
     workers: int = typer.Option(0, help="DataLoader processes decoding images (0: in this process)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, ..."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar (on stderr)."),
 ) -> None:
     """Index a folder of images with a trained model, for `search` and `serve`."""
-    from ..index import Index
+    from ..index import INDEX_SUFFIXES, Index
 
     with errors_as_exit():
         options = parse_options(backend_opt, "--backend-opt")
         built = Index.build(folder, model, out, backend=backend, backend_options=options, include=include,
                             batch_size=batch_size, num_workers=workers, device=device, progress=progress)
     stats = built.stats
+    if not len(built) and not built.skipped:
+        err_console.print(f"warning: no image found in {escape(str(built.folder))} (the index reads "
+                          f"{' '.join(INDEX_SUFFIXES)} files" + (", matching --include" if built.include else "") + ")",
+                          highlight=False, soft_wrap=True)
     console.print(
         f"{len(built)} images of {escape(str(built.folder))} in {escape(str(out))}: embedded {stats.embedded}, "
         f"reused {stats.reused}, dropped {stats.dropped}, skipped {stats.skipped}"
@@ -80,13 +86,21 @@ def search(
         if search_opt:
             loaded.set_search_options(**parse_options(search_opt, "--search-opt"))
         result = loaded.search(image, text, k, exclude_self=not include_query)
+    if json_output:
+        typer.echo(json.dumps(result.to_dict()))
+    else:
+        _print_results(result, index_dir)
+    with errors_as_exit():  # the results are printed first: a sheet that cannot be written loses nothing
         if sheet is not None:
             contact_sheet(image, text, result, loaded, sheet)
         if html is not None:
             html_page(image, text, result, loaded, html)
-    if json_output:
-        typer.echo(json.dumps(result.to_dict()))
-        return
+    for written in (sheet, html):
+        if written is not None and not json_output:
+            console.print(f"wrote {escape(str(written))}", highlight=False)
+
+
+def _print_results(result, index_dir: Path) -> None:
     what = {"composed": "image + text", "image": "image only", "text": "text only"}[result.mode]
     table = Table(title=f"{escape(str(index_dir))}: {what}", title_justify="left")
     table.add_column("rank", justify="right")
@@ -97,6 +111,3 @@ def search(
     console.print(table)
     if result.excluded is not None:
         console.print(f"(the query itself, {escape(result.excluded)}, is left out; --include-query keeps it)", highlight=False)
-    for written in (sheet, html):
-        if written is not None:
-            console.print(f"wrote {escape(str(written))}", highlight=False)
