@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 
 from compose_retrieval.ranking import top_k
-from compose_retrieval.vector_search import INDEX_FILE, SEARCH_BACKENDS, VectorSearch
+from compose_retrieval.vector_search import SEARCH_BACKENDS, VECTORS_FILE, VectorSearch
 
 K = 10
 SEARCH_TIME = ("nprobe", "ef_search")  # options a built index takes at search time
@@ -104,7 +104,7 @@ def index_bytes(search: VectorSearch) -> int:
         return search.vectors.numel() * search.vectors.element_size()
     with tempfile.TemporaryDirectory() as tmp:
         search.save(tmp)
-        return (Path(tmp) / INDEX_FILE).stat().st_size
+        return (Path(tmp) / VECTORS_FILE).stat().st_size
 
 
 def percentile(values: list[float], q: float) -> float:

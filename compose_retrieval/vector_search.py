@@ -39,11 +39,11 @@ from .errors import ComposeRetrievalError, OptionError
 from .options import Range, check_value, describe_type
 from .ranking import top_k
 
-__all__ = ["SEARCH_BACKENDS", "VectorSearch", "INDEX_FILE", "check_backend"]
+__all__ = ["SEARCH_BACKENDS", "VectorSearch", "VECTORS_FILE", "check_backend"]
 
 SEARCH_BACKENDS = ("exact", "flat", "ivf", "hnsw")
 
-INDEX_FILE = "vectors.faiss"
+VECTORS_FILE = "vectors.faiss"
 
 # FAISS warns when k-means gets fewer training points than this per centroid
 _MIN_POINTS_PER_LIST = 39
@@ -124,7 +124,7 @@ def _numpy(t: Tensor):
     return np.ascontiguousarray(t.detach().cpu().float().numpy())
 
 
-def default_nlist(size: int) -> int:
+def _default_nlist(size: int) -> int:
     """The IVF lists for ``size`` vectors: 4 sqrt(N), at most N / 39 (FAISS's minimum of training points per
     list), at least 1."""
     return max(1, min(round(4 * math.sqrt(size)), size // _MIN_POINTS_PER_LIST))
@@ -159,7 +159,7 @@ class VectorSearch:
             if size == 0:
                 raise ComposeRetrievalError("the vector search backend 'ivf' needs vectors to train on; this index has none")
             if resolved["nlist"] is None:
-                resolved["nlist"] = default_nlist(size)
+                resolved["nlist"] = _default_nlist(size)
             elif resolved["nlist"] > size:
                 raise OptionError(f"vector search backend 'ivf': option nlist={resolved['nlist']} is more than the "
                                   f"{size} vectors to train it on")
@@ -177,7 +177,7 @@ class VectorSearch:
             quantizer = faiss.IndexFlatIP(dim)
             index = faiss.IndexIVFFlat(quantizer, dim, opts["nlist"], faiss.METRIC_INNER_PRODUCT)
             index.cp.max_points_per_centroid = _MAX_POINTS_PER_LIST
-            index.cp.min_points_per_centroid = 1  # small N: default_nlist keeps 39 a list; a user's nlist may not
+            index.cp.min_points_per_centroid = 1  # small N: _default_nlist keeps 39 a list; a user's nlist may not
             index.train(data)
         else:
             index = faiss.IndexHNSWFlat(dim, opts["m"], faiss.METRIC_INNER_PRODUCT)
@@ -251,7 +251,7 @@ class VectorSearch:
             return
         faiss = _import_faiss(self.backend)
         index = self.index
-        atomic_write(Path(directory) / INDEX_FILE, lambda tmp: faiss.write_index(index, str(tmp)))
+        atomic_write(Path(directory) / VECTORS_FILE, lambda tmp: faiss.write_index(index, str(tmp)))
 
     @classmethod
     def load(cls, directory: str | os.PathLike, vectors: Tensor, backend: str, options: dict) -> "VectorSearch":
@@ -265,7 +265,7 @@ class VectorSearch:
         self = cls.__new__(cls)
         self.backend, self.vectors = backend, _check_vectors(vectors)
         faiss = _import_faiss(backend)
-        path = Path(directory) / INDEX_FILE
+        path = Path(directory) / VECTORS_FILE
         rebuild = "rebuild the index (compose-retrieval index ...)"
         if not path.is_file():
             raise ComposeRetrievalError(f"{path} is missing: {rebuild}")

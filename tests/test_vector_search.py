@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from compose_retrieval import ComposeRetrievalError, OptionError
-from compose_retrieval.vector_search import INDEX_FILE, SEARCH_BACKENDS, VectorSearch, check_backend
+from compose_retrieval.vector_search import SEARCH_BACKENDS, VECTORS_FILE, VectorSearch, check_backend
 
 FAISS_BACKENDS = [b for b in SEARCH_BACKENDS if b != "exact"]
 
@@ -179,14 +179,14 @@ def test_save_and_load_give_identical_results(backend, tmp_path, vectors):
     options = {"hnsw": {"m": 16, "ef_search": 32}, "ivf": {"nprobe": 4}}.get(backend, {})
     search = VectorSearch(vectors, backend, **options)
     search.save(tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ([] if backend == "exact" else [INDEX_FILE])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ([] if backend == "exact" else [VECTORS_FILE])
     loaded = VectorSearch.load(tmp_path, vectors, backend, json.loads(json.dumps(search.options)))
     assert loaded.backend == backend and loaded.options == search.options
     queries, exclude = unit(40, 32, seed=5), torch.randint(0, 2000, (40,), generator=torch.Generator().manual_seed(5))
     for got, want in zip(loaded.search(queries, 10, exclude), search.search(queries, 10, exclude)):
         assert torch.equal(got, want)
     search.save(tmp_path)  # saving again replaces the file
-    assert sorted(p.name for p in tmp_path.iterdir()) == ([] if backend == "exact" else [INDEX_FILE])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ([] if backend == "exact" else [VECTORS_FILE])
 
 
 @pytest.mark.parametrize("backend", FAISS_BACKENDS)
@@ -196,7 +196,7 @@ def test_missing_or_corrupt_index_file_is_one_line(backend, tmp_path, vectors):
     with pytest.raises(ComposeRetrievalError, match="vectors.faiss is missing: rebuild the index") as info:
         VectorSearch.load(tmp_path, vectors, backend, search.options)
     search.save(tmp_path)
-    path = tmp_path / INDEX_FILE
+    path = tmp_path / VECTORS_FILE
     path.write_bytes(path.read_bytes()[:1000])  # truncated
     with pytest.raises(ComposeRetrievalError) as info:
         VectorSearch.load(tmp_path, vectors, backend, search.options)

@@ -89,7 +89,7 @@ def parse_options(pairs: list[str] | None, what: str) -> dict[str, Any]:
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise ComposeRetrievalError(f"{what} option {pair!r} is not KEY=VALUE (for example hash_size=64)")
+            raise ComposeRetrievalError(f"{what} option {pair!r} is not KEY=VALUE (for example name=value)")
         try:
             options[key] = json.loads(value)
         except json.JSONDecodeError:
