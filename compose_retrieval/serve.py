@@ -15,49 +15,70 @@ Routes:
 - ``GET /api/sample?n=12``: a few indexed paths (evenly spread) to pick a query from.
 - ``POST /api/search``: multipart form (or url-encoded without a file): ``image`` (an
   uploaded file) or ``path`` (the relative path of an indexed image), ``text``, ``k``;
-  answers ``SearchResult.to_dict()`` with each result's ``url`` added and ``query`` as the request gave it.
-- ``GET /files/{path}`` (and HEAD): an indexed image, only when ``index.file_path`` accepts the
-  path (anything else, ``..`` or absolute paths or files the index skipped, is 404).
+  answers ``SearchResult.to_dict()`` with each result's ``url`` added and ``query`` as the request gave it
+  (an upload's ``width`` and ``height`` as uploaded, and ``decoded`` [width, height] when it was decoded smaller).
+- ``GET /files/{path}`` (and HEAD): an indexed image, only when the path is one of ``index.paths``, ends in
+  an image suffix the index reads (``CONTENT_TYPES``) and ``index.file_path`` accepts it (anything else,
+  ``..`` or absolute paths, files the index skipped, a ``notes.txt`` a hand-edited index.json lists, is 404).
+
+Every request must name this server in its Host header: ``localhost``, an IP address (``127.0.0.1``,
+``[::1]``, the machine's own address when it listens on more than loopback) or a name given in
+``allowed_hosts`` (``serve --allow-host NAME``); any other name is refused with 400. That stops DNS
+rebinding: a web page whose name an attacker points at 127.0.0.1 would otherwise read the index through
+the visitor's browser. An IP address is always accepted because a browser sends one only when the page
+itself was opened by that address, never for a page of some other site.
 
 Uploads are never written anywhere: the request body is read in chunks into memory
 and refused with 413 as soon as it passes the limit (at once when Content-Length
-already says so), then decoded by Pillow from memory; what Pillow cannot read is 400.
+already says so), then decoded by Pillow from memory; what Pillow cannot read is 400,
+and an image of more than 25 million pixels is 413 before its pixels are decoded.
+Decoding and searching happen one request at a time on one worker thread of the app, so
+memory does not grow with concurrent uploads (on many threads, each thread's malloc arena
+would keep the memory of the image it decoded). An upload whose shorter side is at least twice the decode bound
+(1024 pixels, or 4x the model's input side when that is larger) is decoded smaller: a
+JPEG at 1/2, 1/4 or 1/8 scale (``Image.draft``), then any image reduced by a whole
+factor (``Image.reduce``, a box average) to a shorter side between the bound and twice
+it. The model then resizes it to its input as always, so the ranking of such a huge
+upload can differ slightly from ``index.search`` on the full-size file; an upload
+below that size is decoded as it is and searched exactly as the file would be.
+
+Errors are JSON ``{"error": "one line"}`` and never show a path of this machine: an indexed file
+that cannot be read any more is named by its relative path, with the remedy (index again).
 The index is used only through ``search``, ``paths``, ``file_path`` and
-``SearchResult.to_dict`` (and, for ``/api/info``, what it has of ``identity``,
-``backend``, ``skipped`` and its model's combiner).
+``SearchResult.to_dict`` (and, for ``/api/info`` and the decode bound, what it has of ``identity``,
+``backend``, ``skipped``, ``preprocessing`` and its model's combiner).
 """
 
 import asyncio
 import io
-import threading
+import ipaddress
+from concurrent.futures import ThreadPoolExecutor
 import urllib.parse
 from importlib import resources
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Iterable
 
-from .errors import ComposeRetrievalError
+from .errors import ComposeRetrievalError, DatasetError
 
-__all__ = ["create_app", "require_serve_extra", "SERVE_EXTRA_HINT", "CONTENT_TYPES"]
+__all__ = ["create_app", "require_serve_extra", "SERVE_EXTRA_HINT", "CONTENT_TYPES", "LOOPBACK_NAMES"]
 
 SERVE_EXTRA_HINT = 'the web page needs the serve extra: pip install "compose-retrieval[serve]"'
 
-CONTENT_TYPES = {
-    ".jpg": "image/jpeg",
-    ".jpeg": "image/jpeg",
-    ".png": "image/png",
-    ".webp": "image/webp",
-    ".gif": "image/gif",
-    ".bmp": "image/bmp",
-    ".tif": "image/tiff",
-    ".tiff": "image/tiff",
-}
+CONTENT_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".webp": "image/webp"}
+"""The image suffixes an index reads (``index.INDEX_SUFFIXES``) and their media types: nothing else is served."""
+
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+"""Host names every app answers to (besides any IP address and its ``allowed_hosts``)."""
 
 _STATIC_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
                  ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml"}
 _STATIC_FILES = ("app.js", "style.css", "icon.svg")
 _FORM_OVERHEAD = 64 * 1024  # boundaries, part headers and the text fields around the image
 _MAX_FIELD_BYTES = 16 * 1024  # a text, a path, k
-_MAX_PIXELS = 64 * 2**20  # a decompression bomb is refused before it is decoded
+# 25 million pixels: a 24 MP camera photo (6000x4000) passes; decoding one at the cap holds about 100 MB (RGBA)
+# before it is reduced, and a decompression bomb is refused from its header, before its pixels are decoded
+_MAX_PIXELS = 25_000_000
+_DECODE_SIDE = 1024  # uploads are decoded with a shorter side of at least max(this, 4x the model's input side)
 _MAX_K = 1000
 _CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob:; connect-src 'self'; "
         "form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
@@ -93,6 +114,10 @@ def _looks_safe(relative: str) -> bool:
         return False
     parts = PurePosixPath(relative).parts
     return bool(parts) and not any(p in ("", ".", "..") for p in parts)
+
+
+def _suffix(relative: str) -> str:
+    return PurePosixPath(relative).suffix.lower()
 
 
 class _InMemoryForm:
@@ -166,8 +191,20 @@ def _size(n: int) -> str:
     return f"{n / 2**20:.3g} MB" if n >= 2**20 else f"{n / 1024:.3g} KB" if n >= 1024 else f"{n} bytes"
 
 
-def _decode_image(data: bytes, filename: str | None):
-    """Bytes -> an RGB PIL image, decoded in memory; anything Pillow cannot read is a 400 with its name."""
+def _decode_bound(index: Any) -> int:
+    """The shorter side an upload is decoded with at least: comfortably above the model's input side."""
+    try:
+        side = int(index.preprocessing.image_size)
+    except Exception:  # an index without a model's preprocessing: the floor alone
+        side = 0
+    return max(_DECODE_SIDE, 4 * side)
+
+
+def _decode_image(data: bytes, filename: str | None, bound: int = _DECODE_SIDE):
+    """Bytes -> (an RGB PIL image, the uploaded width and height), decoded in memory; anything Pillow cannot read
+    is a 400 with its name, more than ``_MAX_PIXELS`` a 413. An image whose shorter side is at least ``2 * bound``
+    is decoded smaller (a JPEG by ``draft``, then ``reduce`` by a whole factor) to a shorter side of at least
+    ``bound``; a smaller one is decoded as it is."""
     import warnings
 
     from PIL import Image, UnidentifiedImageError
@@ -179,17 +216,85 @@ def _decode_image(data: bytes, filename: str | None):
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
-            if image.width * image.height > _MAX_PIXELS:
-                raise _HTTPError(413, f"the uploaded image{name} has {image.width}x{image.height} pixels, more than "
-                                      f"{_MAX_PIXELS // 2**20} million")
+            width, height = image.size
+            if width * height > _MAX_PIXELS:
+                raise _HTTPError(413, f"the uploaded image{name} has {width}x{height} pixels, more than "
+                                      f"{_MAX_PIXELS // 10**6} million; scale it down first")
+            if min(width, height) >= 2 * bound:
+                if image.format == "JPEG":
+                    image.draft("RGB", (bound, bound))  # decoded at 1/2, 1/4 or 1/8 scale, never below bound
+                image.load()
+                factor = min(image.size) // bound
+                if factor >= 2:
+                    if image.mode not in ("RGB", "RGBA", "L", "LA"):  # reduce takes neither palettes nor 1-bit
+                        image = image.convert("RGB")
+                    image = image.reduce(factor)
             image.load()
-            return image.convert("RGB")
+            return image.convert("RGB"), (width, height)
     except _HTTPError:
         raise
     except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise _HTTPError(400, f"the uploaded file{name} is not an image (JPEG, PNG, WebP, ...) that Pillow can read") from None
     except (OSError, ValueError, SyntaxError) as exc:
         raise _HTTPError(400, f"the uploaded image{name} could not be decoded: {' '.join(str(exc).split())[:200]}") from None
+
+
+def _unreadable_indexed_file(relative: str, path: Path, exc: Exception) -> _HTTPError:
+    """The error for an indexed file the index can no longer read: its relative path and the remedy, never ``path``."""
+    if not path.is_file():
+        return _HTTPError(404, f"the indexed file {relative!r} is gone from the folder; "
+                               "run compose-retrieval index again")
+    reason = " ".join(str(exc).split())
+    if "; " in reason:  # the remedy read_image gives is for a file the caller chose, not an indexed one
+        reason = reason.rsplit("; ", 1)[0]
+    reason = reason.replace(str(path), relative)
+    decode = f"cannot decode image {relative} ("
+    if reason.startswith(decode) and reason.endswith(")"):  # read_image's wording: keep Pillow's reason
+        reason = reason[len(decode):-1]
+    folder = str(path)[: -len(relative)].rstrip("/\\") if str(path).endswith(relative) else str(path.parent)
+    shown = f" ({reason[:300]})" if reason and folder not in reason else ""
+    return _HTTPError(400, f"the indexed file {relative!r} cannot be read any more{shown}: it changed since it was "
+                           "indexed; run compose-retrieval index again")
+
+
+def _host_of(header: str | None) -> str | None:
+    """The host of a Host header (``name``, ``name:port``, ``[v6]:port``), lower case, without brackets; None if
+    there is none."""
+    value = (header or "").strip().lower()
+    if value.startswith("["):
+        host, bracket, port = value[1:].partition("]")
+        if not bracket or (port and not (port.startswith(":") and port[1:].isdigit())):
+            return None
+    else:
+        host, _, port = value.partition(":")
+        if ":" in port or (port and not port.isdigit()):
+            return None
+    return host or None
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _allowed_names(allowed_hosts: Iterable[str]) -> frozenset[str]:
+    """``LOOPBACK_NAMES`` and ``allowed_hosts`` (names or addresses, ``[v6]`` too), lower case; a bad one is
+    a one-line error naming it."""
+    if isinstance(allowed_hosts, str):
+        allowed_hosts = [allowed_hosts]
+    names = set(LOOPBACK_NAMES)
+    for given in allowed_hosts:
+        name = str(given).strip().lower()
+        if name.startswith("[") and name.endswith("]"):
+            name = name[1:-1]
+        if not name or any(c in name for c in "/*@ \t") or (":" in name and not _is_address(name)):
+            raise ComposeRetrievalError(f"{str(given)[:100]!r} is not a host name or address (give it without a "
+                                        "scheme, port or wildcard, e.g. --allow-host myhost.lan)")
+        names.add(name)
+    return frozenset(names)
 
 
 def _parse_k(value: str | None, default_k: int) -> int:
@@ -221,15 +326,16 @@ def _public_identity(index: Any) -> dict[str, Any]:
     return identity
 
 
-def create_app(index: Any, *, max_upload_bytes: int = 10 * 2**20, default_k: int = 12):
+def create_app(index: Any, *, max_upload_bytes: int = 10 * 2**20, default_k: int = 12,
+               allowed_hosts: Iterable[str] = ()):
     """The FastAPI app serving ``index``: the page, the JSON API and the index's own images (see the module docstring).
 
     ``max_upload_bytes`` bounds an uploaded image (the request may carry 64 KB more for the form
-    around it); ``default_k`` is the number of results when a request gives no ``k``.
+    around it); ``default_k`` is the number of results when a request gives no ``k``; ``allowed_hosts``
+    are the host names (besides localhost and any IP address) that requests may name in their Host header.
     """
     require_serve_extra()
     from fastapi import FastAPI, Request
-    from fastapi.concurrency import run_in_threadpool
     from fastapi.responses import FileResponse, JSONResponse, Response
 
     if max_upload_bytes < 1:
@@ -237,7 +343,12 @@ def create_app(index: Any, *, max_upload_bytes: int = 10 * 2**20, default_k: int
     if default_k < 1:
         raise ComposeRetrievalError(f"default_k must be at least 1, not {default_k}")
     max_body = max_upload_bytes + _FORM_OVERHEAD
-    lock = threading.Lock()  # one search at a time: the model is loaded lazily and a CPU search uses every core anyway
+    host_names = _allowed_names(allowed_hosts)
+    served = frozenset(index.paths)  # an index's files never change while it is served
+    # one decode and search at a time, always on the same thread: a decoded upload never waits in memory for the
+    # model, the memory of one decode is reused by the next (a pool's threads would each keep their own), and a
+    # CPU search uses every core anyway
+    worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="compose-retrieval-search")
     app = FastAPI(title="compose-retrieval search", docs_url=None, redoc_url=None, openapi_url=None)
 
     def error(status: int, message: str) -> JSONResponse:
@@ -245,7 +356,14 @@ def create_app(index: Any, *, max_upload_bytes: int = 10 * 2**20, default_k: int
 
     @app.middleware("http")
     async def _headers(request: Request, call_next):
-        response = await call_next(request)
+        host = _host_of(request.headers.get("host"))
+        if host is None:
+            response = error(400, "the request has no valid Host header")
+        elif host not in host_names and not _is_address(host):
+            response = error(400, f"this server does not answer for the host name {host[:100]!r}; start it with "
+                                  f"--allow-host {host[:100]} if that name is meant to reach it")
+        else:
+            response = await call_next(request)
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("Referrer-Policy", "no-referrer")
         response.headers.setdefault("Content-Security-Policy", _CSP)
@@ -285,26 +403,24 @@ def create_app(index: Any, *, max_upload_bytes: int = 10 * 2**20, default_k: int
         picked = [paths[(i * len(paths)) // n] for i in range(n)] if n else []
         return {"total": len(paths), "samples": [{"path": p, "url": _file_url(p)} for p in picked]}
 
+    def indexed_file(relative: str) -> Path | None:
+        """The absolute path of ``relative`` when it may be served: a safe relative path, one of the index's, with
+        an image suffix, and accepted by ``index.file_path``; else None. Checked here before the index is asked."""
+        if not _looks_safe(relative) or relative not in served or _suffix(relative) not in CONTENT_TYPES:
+            return None
+        try:
+            return Path(index.file_path(relative))
+        except ComposeRetrievalError:
+            return None
+
     @app.api_route("/files/{relative:path}", methods=["GET", "HEAD"])
     def files(relative: str) -> Response:
-        if not _looks_safe(relative) or relative not in _path_set():
-            return error(404, "not a file of the index")
-        try:
-            path = Path(index.file_path(relative))
-        except ComposeRetrievalError:
+        path = indexed_file(relative)
+        if path is None:
             return error(404, "not a file of the index")
         if not path.is_file():
             return error(404, "the indexed file is gone from the folder")
-        media_type = CONTENT_TYPES.get(path.suffix.lower(), "application/octet-stream")
-        return FileResponse(path, media_type=media_type, headers={"Cache-Control": "no-cache"})
-
-    path_cache: dict[str, Any] = {}
-
-    def _path_set() -> frozenset[str]:
-        paths = index.paths
-        if path_cache.get("source") is not paths or path_cache.get("length") != len(paths):
-            path_cache.update(source=paths, length=len(paths), set=frozenset(paths))
-        return path_cache["set"]
+        return FileResponse(path, media_type=CONTENT_TYPES[_suffix(relative)], headers={"Cache-Control": "no-cache"})
 
     async def read_form(request: Request) -> tuple[dict[str, str], bytes | None, str | None]:
         from python_multipart.multipart import parse_options_header
@@ -363,27 +479,33 @@ def create_app(index: Any, *, max_upload_bytes: int = 10 * 2**20, default_k: int
             if upload is not None and relative is not None:
                 raise _HTTPError(400, "give either an uploaded image or the path of an indexed image, not both")
             query: dict[str, Any] = {"text": text, "k": k}
-            image: Any = None
+            path: Path | None = None
             if upload is not None:
-                image = await run_in_threadpool(_decode_image, upload, filename)
-                query.update(upload=filename or "upload", width=image.width, height=image.height)
+                query["upload"] = filename or "upload"
             elif relative is not None:
-                if not _looks_safe(relative) or relative not in _path_set():
+                path = indexed_file(relative)
+                if path is None:
                     raise _HTTPError(404, f"{relative[:200]!r} is not an image of the index")
-                try:
-                    image = Path(index.file_path(relative))
-                except ComposeRetrievalError:
-                    raise _HTTPError(404, f"{relative[:200]!r} is not an image of the index") from None
                 query.update(path=relative, url=_file_url(relative))
-            if image is None and text is None:
+            elif text is None:
                 raise _HTTPError(400, "give an image (upload one or pick one of the index), a text, or both")
 
             def run() -> dict[str, Any]:
-                with lock:
+                image: Any = path
+                if upload is not None:
+                    image, (width, height) = _decode_image(upload, filename, _decode_bound(index))
+                    query.update(width=width, height=height)
+                    if image.size != (width, height):
+                        query["decoded"] = list(image.size)
+                try:
                     return index.search(image, text, k).to_dict()
+                except DatasetError as exc:
+                    if path is not None and relative is not None:  # the indexed file, read by the index
+                        raise _unreadable_indexed_file(relative, path, exc) from None
+                    raise
 
             try:
-                result = await run_in_threadpool(run)
+                result = await asyncio.get_running_loop().run_in_executor(worker, run)
             except ComposeRetrievalError as exc:
                 raise _HTTPError(400, str(exc)) from None
         except _HTTPError as exc:

@@ -1,6 +1,7 @@
-"""The search page's HTTP layer (FastAPI's TestClient): search by upload and by indexed path, only indexed files
-served (no traversal), uploads size-limited, decoded in memory and never written, one-line errors; and the
-`serve` command."""
+"""The search page's HTTP layer (FastAPI's TestClient): search by upload and by indexed path, only indexed image
+files served (no traversal, no other suffix), only this server's host names answered (DNS rebinding), uploads
+size-limited, decoded in memory (huge ones smaller) and never written, one-line errors without paths of the
+machine; and the `serve` command."""
 
 from __future__ import annotations
 
@@ -16,11 +17,16 @@ pytest.importorskip("fastapi", reason='the serve extra: pip install "compose-ret
 from fastapi.testclient import TestClient  # noqa: E402
 
 from compose_retrieval.errors import ComposeRetrievalError  # noqa: E402
-from compose_retrieval.serve import create_app  # noqa: E402
+from compose_retrieval.serve import CONTENT_TYPES, create_app  # noqa: E402
 
 from conftest import SAMPLE_TEXTS, assert_one_line_error, invoke, tiny_model  # noqa: E402
 
 COLOURS = {"red.png": (220, 30, 30), "green.png": (30, 200, 30), "sub/blue.png": (30, 30, 220), "sub/white.jpg": (250, 250, 250)}
+
+
+def client_of(app, host: str = "localhost") -> TestClient:
+    """A test client naming the server as a browser on this machine would (TestClient's own "testserver" is refused)."""
+    return TestClient(app, base_url=f"http://{host}")
 
 
 def png_bytes(colour=(10, 20, 30), size=(8, 8), fmt="PNG") -> bytes:
@@ -69,7 +75,7 @@ def served(tmp_path):
     (folder / "not-indexed.png").write_bytes(png_bytes())
     (tmp_path / "secret.txt").write_text("outside the folder")
     index = FakeIndex(folder, sorted(COLOURS))
-    client = TestClient(create_app(index, max_upload_bytes=4096, default_k=3))
+    client = client_of(create_app(index, max_upload_bytes=4096, default_k=3))
     return index, client, folder
 
 
@@ -263,6 +269,158 @@ def test_a_file_removed_since_indexing_is_404(served):
     assert client.get("/files/red.png").status_code == 404
 
 
+def test_only_image_files_are_served_even_when_the_index_lists_others(tmp_path):
+    """A hand-edited index.json could list any file of the folder: only the image suffixes an index reads are served."""
+    from compose_retrieval.index import INDEX_SUFFIXES
+
+    assert sorted(CONTENT_TYPES) == sorted(INDEX_SUFFIXES)
+    folder = tmp_path / "photos"
+    (folder / ".git").mkdir(parents=True)
+    (folder / "notes.txt").write_text("private notes")
+    (folder / ".git" / "config").write_text("[remote]")
+    (folder / "old.gif").write_bytes(png_bytes(fmt="GIF"))
+    (folder / "red.PNG").write_bytes(png_bytes((220, 30, 30)))
+    index = FakeIndex(folder, ["notes.txt", ".git/config", "old.gif", "red.PNG"])
+    client = client_of(create_app(index))
+    for relative in ("notes.txt", ".git/config", "old.gif"):
+        assert client.get("/files/" + relative).status_code == 404, relative
+        assert client.head("/files/" + relative).status_code == 404, relative
+        assert client.post("/api/search", data={"path": relative}).status_code == 404, relative
+    ok = client.get("/files/red.PNG")  # the suffix in any case, as the index reads it
+    assert ok.status_code == 200 and ok.headers["content-type"] == "image/png"
+    assert index.calls == []
+
+
+@pytest.mark.parametrize("host", ["localhost", "localhost:8765", "LOCALHOST:80", "127.0.0.1", "127.0.0.1:8765",
+                                  "[::1]", "[::1]:8765", "192.168.1.5:8000", "myhost.lan:8765"])
+def test_requests_naming_this_server_are_answered(served, host):
+    index, _, _ = served
+    client = client_of(create_app(index, allowed_hosts=["MyHost.lan"]), host)
+    assert client.get("/files/red.png").status_code == 200
+    assert client.get("/api/info").status_code == 200
+
+
+@pytest.mark.parametrize("host", ["attacker.example", "attacker.example:8765", "localhost.attacker.example",
+                                  "127.0.0.1.nip.io:8765", "testserver", "[::1", "localhost:http", ""])
+def test_other_host_names_are_refused_against_dns_rebinding(served, host):
+    """A page of attacker.example whose name now resolves to 127.0.0.1 must not read the index through the browser."""
+    index, client, _ = served
+    for url in ("/files/red.png", "/api/info", "/api/sample", "/"):
+        response = client.get(url, headers={"host": host})
+        assert response.status_code == 400, (host, url)
+        assert "\n" not in response.json()["error"] and response.headers["x-content-type-options"] == "nosniff"
+    refused = client.post("/api/search", data={"path": "red.png", "text": "x"}, headers={"host": host})
+    assert refused.status_code == 400 and index.calls == []
+    if host.startswith("attacker"):
+        assert "--allow-host attacker.example" in refused.json()["error"]
+
+
+def test_allowed_hosts_must_be_names_or_addresses(served):
+    index, _, _ = served
+    for bad in ["http://x.example", "x.example:8000", "*.example", "", "a b"]:
+        with pytest.raises(ComposeRetrievalError, match="is not a host name or address"):
+            create_app(index, allowed_hosts=[bad])
+    create_app(index, allowed_hosts=["::", "0.0.0.0", "[fd00::1]", "box.local"])
+
+
+def solid(size, fmt="PNG", colour=(40, 90, 200)) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", size, colour).save(out, fmt, **({"quality": 90} if fmt == "JPEG" else {}))
+    return out.getvalue()
+
+
+def test_huge_uploads_are_decoded_smaller_or_refused(tmp_path, monkeypatch):
+    """Memory: a small file may hold a huge image. Over the pixel cap it is refused from its header; a large one
+    under it reaches the search reduced (JPEG at a smaller scale by draft) to a shorter side of at least the bound
+    (1024, or 4x the model's input side), and a normal one as it is, so it searches exactly as the file does."""
+    from PIL import JpegImagePlugin
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    index = FakeIndex(folder, [])
+    client = client_of(create_app(index, max_upload_bytes=2**20))
+    drafts: list[tuple] = []
+    real_draft = JpegImagePlugin.JpegImageFile.draft
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft",
+                        lambda self, mode, size: drafts.append((self.size, size)) or real_draft(self, mode, size))
+
+    def upload(name: str, data: bytes):
+        assert len(data) < 2**20  # tiny on disk
+        return client.post("/api/search", files={"image": (name, data)}, data={"text": "make it red"})
+
+    over = upload("huge.png", solid((6000, 6000)))  # 36 million pixels
+    assert over.status_code == 413
+    assert over.json()["error"] == ("the uploaded image 'huge.png' has 6000x6000 pixels, more than 25 million; "
+                                    "scale it down first")
+    assert index.calls == []
+
+    big = upload("big.png", solid((4800, 4000)))  # 19.2 million pixels: reduced by 3
+    assert big.status_code == 200, big.text
+    assert index.calls[-1][0].size == (1600, 1334) and index.calls[-1][0].mode == "RGB"
+    assert big.json()["query"] == {"text": "make it red", "k": 12, "upload": "big.png", "width": 4800, "height": 4000,
+                                   "decoded": [1600, 1334]}
+    assert index.calls[-1][0].getpixel((800, 600)) == (40, 90, 200)
+
+    photo = upload("photo.jpg", solid((4800, 3600), "JPEG"))  # decoded at half scale by the JPEG decoder itself
+    assert photo.status_code == 200, photo.text
+    assert drafts == [((4800, 3600), (1024, 1024))] and index.calls[-1][0].size == (2400, 1800)
+    assert photo.json()["query"]["decoded"] == [2400, 1800]
+
+    normal = upload("normal.png", solid((3000, 2047)))  # shorter side under 2 x 1024: decoded as it is
+    assert normal.status_code == 200 and index.calls[-1][0].size == (3000, 2047)
+    assert "decoded" not in normal.json()["query"]
+
+    # the bound follows the model's input side: 4 x 512 = 2048, so 4800x4000 is reduced by 1 (not at all)
+    index.preprocessing = type("Preprocessing", (), {"image_size": 512})()
+    assert upload("big.png", solid((4800, 4000))).status_code == 200 and index.calls[-1][0].size == (4800, 4000)
+    assert upload("bigger.png", solid((4800, 4800))).status_code == 200 and index.calls[-1][0].size == (2400, 2400)
+
+
+def test_uploads_are_decoded_and_searched_one_at_a_time(served, monkeypatch):
+    """Concurrent requests never hold two decoded uploads at once, and all decode on one thread (whose malloc
+    arena then reuses the memory; a pool's threads would each keep their own)."""
+    import asyncio
+    import threading
+    import time
+
+    import httpx
+
+    import compose_retrieval.serve as serve
+
+    index, _, _ = served
+    guard, active, peak, threads = threading.Lock(), [0], [0], set()
+
+    def exclusive(work):
+        def wrapped(*args, **kwargs):
+            with guard:
+                active[0] += 1
+                peak[0] = max(peak[0], active[0])
+                threads.add(threading.get_ident())
+            try:
+                time.sleep(0.02)
+                return work(*args, **kwargs)
+            finally:
+                with guard:
+                    active[0] -= 1
+        return wrapped
+
+    monkeypatch.setattr(serve, "_decode_image", exclusive(serve._decode_image))
+    index.search = exclusive(index.search)
+    app = create_app(index, max_upload_bytes=4096)
+
+    async def burst():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
+            uploads = [client.post("/api/search", files={"image": (f"q{i}.png", png_bytes((i, i, i)), "image/png")})
+                       for i in range(6)]
+            picks = [client.post("/api/search", data={"path": "red.png"}) for _ in range(2)]
+            return await asyncio.gather(*uploads, *picks)
+
+    responses = asyncio.run(burst())
+    assert [r.status_code for r in responses] == [200] * 8
+    assert peak[0] == 1 and len(index.calls) == 8 and len(threads) == 1
+
+
 def test_the_serve_extra_missing_is_one_line(monkeypatch):
     import builtins
 
@@ -318,7 +476,7 @@ def make_tiny_index(tmp_path: Path, n: int = 12):
 @pytest.fixture(scope="module")
 def real(tmp_path_factory):
     index = make_tiny_index(tmp_path_factory.mktemp("real"))
-    return index, TestClient(create_app(index, max_upload_bytes=2**20, default_k=5))
+    return index, client_of(create_app(index, max_upload_bytes=2**20, default_k=5))
 
 
 def test_a_real_index_answers_as_index_search(real):
@@ -359,6 +517,26 @@ def test_a_real_index_serves_its_files_and_info(real):
     assert client.post("/api/search", data={"text": "make it red"}).json()["error"].startswith("this model composes")
 
 
+def test_an_indexed_file_that_changed_is_named_by_its_relative_path(tmp_path):
+    """The index reads a picked file itself; when it changed since indexing, the error names the relative path,
+    says to index again and never shows where the folder is on this machine, nor a remedy for datasets."""
+    index = make_tiny_index(tmp_path, n=6)
+    client = client_of(create_app(index))
+    index.file_path("shape-00.jpg").write_bytes(b"not a JPEG any more")
+    response = client.post("/api/search", data={"path": "shape-00.jpg", "text": SAMPLE_TEXTS[0]})
+    assert response.status_code == 400
+    message = response.json()["error"]
+    assert message.startswith("the indexed file 'shape-00.jpg' cannot be read any more (cannot identify image file")
+    assert message.endswith("it changed since it was indexed; run compose-retrieval index again")
+    assert str(tmp_path) not in message and "dataset-opt" not in message and "\n" not in message
+    index.file_path("more/shape-04.png").unlink()
+    response = client.post("/api/search", data={"path": "more/shape-04.png"})
+    assert response.status_code == 404 and response.json()["error"] == (
+        "the indexed file 'more/shape-04.png' is gone from the folder; run compose-retrieval index again")
+    # the other files still answer
+    assert client.post("/api/search", data={"path": "shape-01.png"}).status_code == 200
+
+
 def test_serve_command_errors_are_one_line(tmp_path):
     import compose_retrieval.cli.serve  # noqa: F401  (registers the command until cli/__init__ imports it)
 
@@ -377,8 +555,18 @@ def test_serve_command_loads_the_index_and_warns_off_loopback(real, monkeypatch)
     assert result.exit_code == 0, result.output
     assert (seen["host"], seen["port"]) == ("127.0.0.1", 8000) and "warning" not in result.stderr
     assert "12 images; open http://127.0.0.1:8000/" in result.stderr
-    info = TestClient(seen["app"]).get("/api/info").json()
+    info = client_of(seen["app"], "127.0.0.1:8000").get("/api/info").json()
     assert info["max_upload_bytes"] == 2**19 and info["default_k"] == 7 and info["size"] == 12
     result = invoke("serve", index.directory, "--host", "0.0.0.0", "--port", "8123", "--device", "cpu")
     assert result.exit_code == 0 and (seen["host"], seen["port"]) == ("0.0.0.0", 8123)
     assert "warning: listening on 0.0.0.0" in " ".join(result.stderr.split())
+    assert "--allow-host NAME" in " ".join(result.stderr.split())
+    # the names given with --allow-host (and --host) are answered, others refused
+    result = invoke("serve", index.directory, "--host", "myhost.lan", "--allow-host", "search.example",
+                    "--allow-host", "[fd00::5]", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    for name, status in [("myhost.lan:8000", 200), ("search.example", 200), ("[fd00::5]:8000", 200),
+                         ("192.168.1.5:8000", 200), ("attacker.example", 400)]:
+        assert client_of(seen["app"], name).get("/api/info").status_code == status, name
+    bad = invoke("serve", index.directory, "--allow-host", "http://x.example:80", "--device", "cpu")
+    assert_one_line_error(bad, "http://x.example:80")
