@@ -36,8 +36,15 @@ class Range:
 
     def describe(self) -> str:
         if self.min is not None and self.max is not None:
-            return f"between {self.min:g} and {self.max:g}"
-        return f"at least {self.min:g}" if self.min is not None else f"at most {self.max:g}"
+            return f"between {_number(self.min)} and {_number(self.max)}"
+        return f"at least {_number(self.min)}" if self.min is not None else f"at most {_number(self.max)}"
+
+
+def _number(value: float) -> str:
+    """A bound as a person writes it: whole numbers in full (16777216, not 1.67772e+07), others short (1e-06)."""
+    if isinstance(value, int) or (isinstance(value, float) and value.is_integer() and abs(value) < 1e15):
+        return str(int(value))
+    return f"{value:g}"
 
 
 def _type_name(annotation: Any) -> str:
