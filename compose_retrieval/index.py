@@ -385,8 +385,7 @@ class Index:
             size = self.preprocessing.image_size
             query, mode = model.compose(torch.zeros(1, 3, size, size, device=self.device), [text]), "text"
         query = F.normalize(query.float(), dim=-1).cpu()
-        # no exclusion tensor at all when nothing is excluded: with one, k >= N would return only N - 1
-        scores, ids = self._search.search(query, k, torch.tensor([exclude]) if exclude >= 0 else None)
+        scores, ids = self._search.search(query, k, torch.tensor([exclude]))
         keep = ids[0] >= 0
         return SearchResult(
             paths=[self.paths[i] for i in ids[0][keep].tolist()],

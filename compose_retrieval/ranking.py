@@ -55,7 +55,7 @@ def top_k(
     """(Q, k) gallery indices ranked by inner product (cosine similarity for unit vectors), best first, on the CPU.
 
     ``exclude[i]`` (>= 0) is a gallery index never returned for query i (-1: none). k larger than
-    the gallery (less the excluded item) returns every item. The torch backend ranks ``chunk``
+    the gallery (less one item when some query excludes one) returns every item. The torch backend ranks ``chunk``
     queries at a time, ties by the lower gallery index; ``backend="faiss"`` searches a
     ``faiss.IndexFlatIP`` (or ``gallery`` itself when it is a FAISS index; an approximate one may
     return -1 where it found fewer items), ties in FAISS's order.
@@ -80,7 +80,8 @@ def top_k(
         raise OptionError(f"top_k: queries have {queries.shape[1]} dimensions and the gallery {dim}")
     if exclude is not None:
         exclude = _check_exclude(exclude, queries.shape[0], size)
-    k = max(0, min(k, size - (1 if exclude is not None else 0)))
+    excluding = exclude is not None and bool((exclude >= 0).any())  # rows of -1 alone exclude nothing
+    k = max(0, min(k, size - (1 if excluding else 0)))
     if queries.shape[0] == 0 or k == 0:
         return torch.empty(queries.shape[0], k, dtype=torch.long)
     if backend == "faiss":

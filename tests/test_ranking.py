@@ -75,6 +75,10 @@ def test_k_beyond_the_gallery_returns_every_item():
     assert torch.equal(ranked, naive(queries, gallery, 100, exclude))
     for i in torch.nonzero(exclude >= 0).squeeze(1).tolist():
         assert sorted(ranked[i].tolist()) == [j for j in range(5) if j != int(exclude[i])]
+    # an exclusion tensor that excludes nothing (-1 everywhere) takes nothing away: all 5, on both backends
+    none = torch.full((9,), -1)
+    assert torch.equal(top_k(queries, gallery, 100, none, chunk=2), full)
+    assert top_k(queries, gallery, 100, none, backend="faiss").shape == (9, 5)
 
 
 @pytest.mark.parametrize("k", [59, 20])
