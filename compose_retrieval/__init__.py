@@ -5,7 +5,7 @@ Everything a plugin or a user needs is importable from here; the names in ``__al
 (and in each public module's ``__all__``) are the public API.
 """
 
-from .errors import CheckpointError, ComposeRetrievalError, DatasetError, DuplicateNameError, OptionError, UnknownNameError
+from .errors import CheckpointError, ComposeRetrievalError, DatasetError, DuplicateNameError, OptionError, UnknownNameError, UnreadableImage
 from .hookspecs import hookimpl
 from .options import Range
 from .features import ImageFeatures, TextFeatures
@@ -37,7 +37,7 @@ from .index import Index, SearchResult
 __version__ = "0.1.0"
 
 __all__ = [
-    "CheckpointError", "ComposeRetrievalError", "DatasetError", "DuplicateNameError", "OptionError", "UnknownNameError",
+    "CheckpointError", "ComposeRetrievalError", "DatasetError", "DuplicateNameError", "OptionError", "UnknownNameError", "UnreadableImage",
     "hookimpl", "Range",
     "ImageFeatures", "TextFeatures", "Combiner", "Component", "ImageEncoder", "Loss", "TextEncoder",
     "RetrievalProtocol", "IMAGENET_MEAN", "IMAGENET_STD", "Preprocessing", "Dataset", "FileDataset",

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .errors import DatasetError
+from .errors import DatasetError, UnreadableImage
 from .preprocessing import Preprocessing
 
 __all__ = ["IMAGE_SUFFIXES", "PASSES", "ImageFiles", "SampledPairs", "TensorImages", "Triplets", "label_ids", "read_image"]
@@ -69,10 +69,10 @@ def read_image(path: str | os.PathLike, remedy: str = _DATASET_REMEDY) -> Tensor
         with Image.open(path) as image:
             return pil_to_tensor(image.convert("RGB"))
     except FileNotFoundError:
-        raise DatasetError(f"image not found: {path}") from None
+        raise UnreadableImage(f"image not found: {path}", str(path), "not found", missing=True) from None
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DatasetError(f"cannot decode image {path} ({reason}); {remedy}") from None
+        raise UnreadableImage(f"cannot decode image {path} ({reason}); {remedy}", str(path), reason) from None
 
 
 class ImageFiles(torch.utils.data.Dataset):

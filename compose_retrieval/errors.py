@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 __all__ = [
-    "ComposeRetrievalError", "UnknownNameError", "OptionError", "DuplicateNameError", "CheckpointError", "DatasetError", "RunInterrupted", "plural",
+    "ComposeRetrievalError", "UnknownNameError", "OptionError", "DuplicateNameError", "CheckpointError", "DatasetError", "UnreadableImage", "RunInterrupted", "plural",
 ]
 
 
@@ -48,3 +48,13 @@ class CheckpointError(ComposeRetrievalError):
 
 class DatasetError(ComposeRetrievalError):
     """A dataset that cannot be read or used."""
+
+
+class UnreadableImage(DatasetError):
+    """An image file that is missing (``missing``) or cannot be decoded; ``path`` and Pillow's ``reason`` are kept
+    apart from the message, for callers that word it their own way (an index lists the reason, a server hides paths)."""
+
+    # defaults: a DataLoader worker's error is raised again in the main process as ``type(exc)(message)``
+    def __init__(self, message: str, path: str = "", reason: str = "", missing: bool = False):
+        super().__init__(message)
+        self.path, self.reason, self.missing = path, reason, missing

@@ -45,7 +45,7 @@ from torch import Tensor
 from .checkpoint import atomic_write, load_checkpoint
 from .data import read_image
 from .devices import resolve_device
-from .errors import CheckpointError, ComposeRetrievalError, DatasetError, OptionError, RunInterrupted
+from .errors import CheckpointError, ComposeRetrievalError, DatasetError, OptionError, RunInterrupted, UnreadableImage
 from .model import ComposedRetrievalModel
 from .preprocessing import Preprocessing
 from .progress import CountProgress
@@ -502,14 +502,11 @@ def _prepare(preprocessing: Preprocessing, pixels: Tensor, name: str) -> Tensor:
 
 
 def _reason(exc: Exception, path: Path) -> str:
-    """Why a file could not be read, short (read_image's message names the file and gives a dataset's remedy)."""
+    """Why a file could not be read, short, without its path (the index lists it beside its path)."""
+    if isinstance(exc, UnreadableImage):
+        return "it was removed while indexing" if exc.missing else f"cannot decode it ({exc.reason})"
     text = str(exc).strip()
-    decode = f"cannot decode image {path} ("
-    if isinstance(exc, DatasetError) and text.startswith(decode):
-        return "cannot decode it (" + text[len(decode):].split("); replace or remove it")[0] + ")"
-    if isinstance(exc, DatasetError) and text.startswith("image not found"):
-        return "it was removed while indexing"
-    if isinstance(exc, DatasetError):
+    if isinstance(exc, DatasetError):  # _prepare's: "image PATH is WxH pixels, but ..."
         return text.replace(f"image {path} is ", "it is ")
     first = text.splitlines()[0] if text else ""
     return f"{type(exc).__name__}: {first}"[:300]

@@ -58,7 +58,7 @@ from importlib import resources
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterable
 
-from .errors import ComposeRetrievalError, DatasetError
+from .errors import ComposeRetrievalError, DatasetError, UnreadableImage
 
 __all__ = ["create_app", "require_serve_extra", "SERVE_EXTRA_HINT", "CONTENT_TYPES", "LOOPBACK_NAMES"]
 
@@ -241,16 +241,11 @@ def _decode_image(data: bytes, filename: str | None, bound: int = _DECODE_SIDE):
 
 def _unreadable_indexed_file(relative: str, path: Path, exc: Exception) -> _HTTPError:
     """The error for an indexed file the index can no longer read: its relative path and the remedy, never ``path``."""
-    if not path.is_file():
+    if not path.is_file() or (isinstance(exc, UnreadableImage) and exc.missing):
         return _HTTPError(404, f"the indexed file {relative!r} is gone from the folder; "
                                "run compose-retrieval index again")
-    reason = " ".join(str(exc).split())
-    if "; " in reason:  # the remedy read_image gives is for a file the caller chose, not an indexed one
-        reason = reason.rsplit("; ", 1)[0]
-    reason = reason.replace(str(path), relative)
-    decode = f"cannot decode image {relative} ("
-    if reason.startswith(decode) and reason.endswith(")"):  # read_image's wording: keep Pillow's reason
-        reason = reason[len(decode):-1]
+    reason = exc.reason if isinstance(exc, UnreadableImage) else " ".join(str(exc).split())
+    reason = reason.replace(str(path), relative)  # Pillow's reason may name the file too
     folder = str(path)[: -len(relative)].rstrip("/\\") if str(path).endswith(relative) else str(path.parent)
     shown = f" ({reason[:300]})" if reason and folder not in reason else ""
     return _HTTPError(400, f"the indexed file {relative!r} cannot be read any more{shown}: it changed since it was "
