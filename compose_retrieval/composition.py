@@ -34,9 +34,10 @@ from typing import Annotated, Any, Hashable, Literal, Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.data import DataLoader, Subset
 
 from .components import Combiner
+from .data import label_ids
+from .evaluation import _loader, _to_device, embed_gallery, load_with_dataset
 from .errors import ComposeRetrievalError, DatasetError, OptionError
 from .features import ImageFeatures, TextFeatures
 from .model import ComposedRetrievalModel
@@ -78,6 +79,7 @@ class CompositionTask:
     - ``counts``: images per split, recorded with the results.
     - ``protocols``: the dataset's training protocols that keep the phase's unseen pairs out
       of training; a model trained on another protocol of the same dataset is refused.
+    - ``split`` / ``phase``: which task this is; ``Dataset.composition_task`` records them.
     """
 
     name: str
@@ -93,6 +95,8 @@ class CompositionTask:
     objects: list[str] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
     protocols: tuple[str, ...] = ()
+    split: str | None = None
+    phase: str | None = None
 
     def __post_init__(self) -> None:
         self.labels = [tuple(p) for p in self.labels]
@@ -130,21 +134,18 @@ class CompositionTask:
 @dataclass
 class Classification:
     """What ``classify`` returns: the metrics, the (N, P) scores (row i: image i of the task, column j:
-    ``pairs[j]``), the true column of each image and the task."""
+    ``pairs[j]``), the true column of each image, the task, and which columns are seen and unseen pairs."""
 
     metrics: dict[str, Any]
     scores: Tensor
     pairs: list[Pair]
     labels: Tensor
     task: CompositionTask
+    seen: Tensor  # column j is a training pair
+    phase_unseen: Tensor  # column j is a pair of the phase not seen in training
 
 
 # ----------------------------------------------------------------------------------------------- the evaluator
-
-
-def _ids(values: Sequence[Hashable]) -> Tensor:
-    vocabulary: dict[Hashable, int] = {}
-    return torch.tensor([vocabulary.setdefault(v, len(vocabulary)) for v in values], dtype=torch.long)
 
 
 def composition_metrics(
@@ -209,8 +210,8 @@ def composition_metrics(
     ks = sorted({int(k) for k in ks} | {1})
     if ks[0] < 1:
         raise ComposeRetrievalError(f"composition_metrics: top-k needs k >= 1, not {ks[0]}")
-    attr = _ids([a for a, _ in pairs])
-    obj = _ids([o for _, o in pairs])
+    attr = label_ids([a for a, _ in pairs])[0]
+    obj = label_ids([o for _, o in pairs])[0]
 
     seen_cols = torch.nonzero(seen & candidates).flatten()
     unseen_cols = torch.nonzero(~seen & candidates).flatten()
@@ -348,11 +349,6 @@ def chance_metrics(labels: Tensor | Sequence[int], seen: Tensor | Sequence[bool]
 # ----------------------------------------------------------------------------------------------- scoring
 
 
-def _loader(images, indices: list[int], batch_size: int, num_workers: int, device: torch.device) -> DataLoader:
-    return DataLoader(Subset(images, indices), batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                      pin_memory=device.type == "cuda", generator=torch.Generator())
-
-
 def _native(combiner: Combiner) -> bool:
     return type(combiner).pair_prototypes is not Combiner.pair_prototypes
 
@@ -415,7 +411,7 @@ def pair_prototypes(
             return prototypes, {"scorer": "native", "pairs_without_prototype": missing}
         if scorer == "native":
             raise OptionError(f"the combiner {type(model.combiner).__name__}'s pair_prototypes returned None")
-    sums = torch.zeros(len(pairs), _embed_dim(model), dtype=torch.float64, device=device)
+    sums = torch.zeros(len(pairs), model.image_encoder.out_dim, dtype=torch.float64, device=device)
     if not model.combiner.uses_image:  # compose(x, a) does not depend on x: one query per attribute
         queries = F.normalize(model._compose(None, text).float(), dim=-1)
         for j, (a, o) in enumerate(pairs):
@@ -424,12 +420,6 @@ def pair_prototypes(
     else:
         _accumulate(model, task, pairs, by_object, text, attribute_id, sums, batch_size, device, num_workers, progress)
     return F.normalize(sums.float(), dim=-1), {"scorer": "prototype", "pairs_without_prototype": missing}
-
-
-def _embed_dim(model: ComposedRetrievalModel) -> int:
-    if model.spec is not None:
-        return model.spec.embed_dim
-    return model.image_encoder.out_dim
 
 
 def _accumulate(model, task, pairs, by_object, text, attribute_id, sums, batch_size, device, num_workers, progress) -> None:
@@ -446,12 +436,11 @@ def _accumulate(model, task, pairs, by_object, text, attribute_id, sums, batch_s
     with CountProgress("prototypes", len(order), progress) as bar:
         done = 0
         for images in _loader(task.train_images, order, batch_size, num_workers, device):
-            images = images.to(device, non_blocking=True)
+            images = _to_device(images, device)
             rows = order[done : done + len(images)]
             done += len(images)
             items = [(r, j, attribute_id[a]) for r, i in enumerate(rows) for j, a in columns[task.train_labels[i][1]]
                      if task.train_labels[i][0] != a]
-            images = images.contiguous(memory_format=torch.channels_last)
             features = None if conditions else model.combiner.image_features(model.image_encoder, images, None)
             for start in range(0, len(items), batch_size):
                 chunk = torch.tensor(items[start : start + batch_size], dtype=torch.long, device=device)
@@ -476,7 +465,7 @@ def _native_prototypes(model, task, pairs, by_object, text, attribute_id, batch_
     with CountProgress("object features", len(order), progress) as bar:
         done = 0
         for images in _loader(task.train_images, order, batch_size, num_workers, device):
-            features = model.image_encoder(images.to(device).contiguous(memory_format=torch.channels_last))
+            features = model.image_encoder(_to_device(images, device))
             for r, i in enumerate(order[done : done + len(images)]):
                 a, o = task.train_labels[i]
                 for key in ((o,), (o, a)):
@@ -489,7 +478,7 @@ def _native_prototypes(model, task, pairs, by_object, text, attribute_id, batch_
     if not sums:
         return None
     pooled_size, map_size = next(iter(sums.values()))[0].shape, next(iter(sums.values()))[1].shape
-    out = torch.zeros(len(pairs), _embed_dim(model), device=device)
+    out = torch.zeros(len(pairs), model.image_encoder.out_dim, device=device)
     with CountProgress("pair prototypes", len(pairs), progress) as bar:
         for start in range(0, len(pairs), batch_size):
             chunk = pairs[start : start + batch_size]
@@ -565,7 +554,6 @@ def classify(
     check_value("classify", "num_workers", num_workers, Annotated[int, Range(0, None)])
     for k in ks:
         check_value("classify", "k", k, Annotated[int, Range(1, 1000)])
-    from .evaluation import embed_gallery
 
     task = task if task is not None else dataset.composition_task(split, phase)
     device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -585,9 +573,9 @@ def classify(
         model.train(was_training)
     scores = score_pairs(embeddings, prototypes, progress=progress)
     metrics = composition_metrics(scores, labels, seen, pairs, phase_unseen=phase_unseen, ks=ks)
-    metrics = {"task": task.name, "phase": phase, "world": "open" if open_world else "closed", **how,
-               **metrics, "counts": dict(task.counts)}
-    return Classification(metrics, scores, pairs, labels, task)
+    metrics = {"task": task.name, "split": task.split, "phase": task.phase or phase,
+               "world": "open" if open_world else "closed", **how, **metrics, "counts": dict(task.counts)}
+    return Classification(metrics, scores, pairs, labels, task, seen, phase_unseen)
 
 
 def classify_checkpoint(
@@ -610,10 +598,10 @@ def classify_checkpoint(
     checkpoint's preprocessing. ``split`` None: the protocol the model was trained on when the dataset has a split of
     that name, else the dataset's first split. A model trained on a protocol of the same dataset that saw the
     split's unseen pairs is refused. ``chance_draws`` > 0 adds ``metrics["chance"]`` (``chance_metrics``)."""
-    from .evaluation import load_with_dataset
     from .zoo import resolve
 
     check_value("classify", "chance_draws", chance_draws, Annotated[int, Range(0, 10_000)])
+    check_value("classify", "scorer", scorer, Literal[SCORERS])  # before the checkpoint and the data are read
     path = resolve(path)  # the file, named in messages and the metrics
     model, meta, dataset, device = load_with_dataset(path, data_root=data_root, device=device, doing="classify")
     recipe = meta.get("recipe") or {}
@@ -631,8 +619,6 @@ def classify_checkpoint(
                       device=device, num_workers=num_workers, progress=progress, task=task)
     result.metrics = {"checkpoint": str(path), "dataset": name, "trained_on": trained_on, **result.metrics}
     if chance_draws:
-        train, phase_set = set(task.train_pairs), set(task.phase_pairs)
-        result.metrics["chance"] = chance_metrics(
-            result.labels, [p in train for p in result.pairs], result.pairs, draws=chance_draws,
-            phase_unseen=[p in phase_set and p not in train for p in result.pairs], ks=ks)
+        result.metrics["chance"] = chance_metrics(result.labels, result.seen, result.pairs, draws=chance_draws,
+                                                  phase_unseen=result.phase_unseen, ks=ks)
     return result

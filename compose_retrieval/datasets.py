@@ -146,7 +146,9 @@ class Dataset:
         split = names[0] if split is None else split
         if split not in names:
             raise DatasetError(f"{self.display_name()} has no classification split {split!r}; its splits: {', '.join(names)}")
-        return self.build_composition_task(split, phase)
+        task = self.build_composition_task(split, phase)
+        task.split, task.phase = split, phase
+        return task
 
     def build_composition_task(self, split: str, phase: str) -> CompositionTask:
         """The ``CompositionTask`` of ``split`` (one of ``composition_splits()``) for ``phase``."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -22,10 +22,11 @@ from .ranking import BACKENDS, top_k
 __all__ = ["embed_gallery", "compose_queries", "recall_at_k", "evaluate", "evaluate_checkpoint", "load_with_dataset"]
 
 
-def _loader(images, indices: Tensor | None, batch_size: int, num_workers: int, device: torch.device) -> DataLoader:
+def _loader(images, indices: Tensor | Sequence[int] | None, batch_size: int, num_workers: int,
+            device: torch.device) -> DataLoader:
     """Batches of ``images[i]`` for i in ``indices`` (all, in order, when None), read by ``num_workers`` processes
     (0: in this one) so that decoding runs in parallel; pinned memory when they go to a GPU."""
-    data = images if indices is None else Subset(images, indices.tolist())
+    data = images if indices is None else Subset(images, indices.tolist() if isinstance(indices, Tensor) else list(indices))
     # a generator of its own: making the loader's worker seeds must not draw from the global random state, or an
     # evaluation during training would change the dropout masks of the steps after it
     return DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=num_workers, pin_memory=device.type == "cuda",

@@ -9,6 +9,7 @@ from typing import Any, List, Optional
 import typer
 from rich.table import Table
 
+from ..checkpoint import atomic_write
 from .common import app, console, errors_as_exit
 
 __all__ = ["classify", "classification_table"]
@@ -67,10 +68,10 @@ def classify(
                                      progress=progress and not json_output, chance_draws=chance)
         metrics = result.metrics
         if output is None and Path(path).is_dir():
-            task = metrics["task"].split()[-1].replace("/", "-")
-            output = Path(path) / f"classification-{task}-{metrics['world']}.json"
+            output = Path(path) / f"classification-{metrics['split']}-{metrics['phase']}-{metrics['world']}.json"
         if output is not None:
-            output.write_text(json.dumps(metrics, indent=2) + "\n")
+            text = json.dumps(metrics, indent=2) + "\n"
+            atomic_write(output, lambda tmp: Path(tmp).write_text(text))
     if json_output:
         typer.echo(json.dumps(metrics))
         return
