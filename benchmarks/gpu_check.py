@@ -23,6 +23,7 @@ import torch
 
 import compose_retrieval as cr
 from compose_retrieval.checkpoint import read_metadata
+from compose_retrieval.cli.common import parse_options
 from compose_retrieval.devices import resolve_device
 
 MODES = {"fp32": dict(amp=False), "bf16": dict(amp=True), "bf16+compile": dict(amp=True, compile=True)}
@@ -58,7 +59,7 @@ def run_ddp(args, out: str) -> dict:
     """bf16 on --nproc GPUs through torchrun (the console script's own command line)."""
     command = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={args.nproc}", "-m", "compose_retrieval",
                "train", "--recipe", "paper", "--combiner", "tirg", "--dataset", "css-synthetic", "--dataset-opt", "style=3d",
-               *[f"--dataset-opt={k}={v}" for k, v in args.dataset_options.items()],
+               *[f"--dataset-opt={option}" for option in args.dataset_opt],  # as given: the CLI parses them alike
                "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--save-every", "0", "--no-progress",
                "--run-dir", os.path.join(out, "ddp")]
     started = time.perf_counter()
@@ -81,7 +82,7 @@ def main() -> None:
     parser.add_argument("--dataset-opt", action="append", default=[], help="css-synthetic option KEY=VALUE (repeatable)")
     parser.add_argument("--json", action="store_true", help="print one JSON object per mode instead of a table")
     args = parser.parse_args()
-    args.dataset_options = {k: json.loads(v) for k, _, v in (o.partition("=") for o in args.dataset_opt)}
+    args.dataset_options = parse_options(args.dataset_opt, "--dataset-opt")  # the CLI's rule: JSON, else a string
     torch.manual_seed(0)
     out = tempfile.mkdtemp(prefix="gpu-check-")
     rows = []

@@ -63,7 +63,7 @@ from .errors import ComposeRetrievalError, OptionError
 
 __all__ = [
     "launched", "active", "rank", "world_size", "local_rank", "local_world_size", "is_main", "device_for", "session",
-    "gather", "on_main", "everywhere", "raised_everywhere", "barrier", "broadcast", "sync_batchnorm", "has_batchnorm", "data_parallel",
+    "gather", "on_main", "everywhere", "raised_everywhere", "broadcast", "sync_batchnorm", "has_batchnorm", "data_parallel",
     "random_state", "set_random_state", "gather_random_states", "seed_rank", "StopRequests", "TIMEOUT",
 ]
 
@@ -198,11 +198,6 @@ def gather(tensor: torch.Tensor) -> torch.Tensor:
     return _Gather.apply(tensor)
 
 
-def barrier() -> None:
-    if active():
-        dist.barrier()
-
-
 def broadcast(value: T) -> T:
     """Rank 0's ``value`` (any picklable object), in every process."""
     if not active():
@@ -317,19 +312,19 @@ def seed_rank(seed: int, step: int) -> None:
 
 
 def data_parallel(model: nn.Module, device: torch.device, *, seed: int, step: int,
-                  saved_random: list[dict[str, str]] | None = None) -> tuple[nn.Module, Callable[[], None] | None]:
+                  saved_random: list[dict[str, str]] | None = None) -> tuple[nn.Module, Callable[[], None]]:
     """What runs a training step on several processes: this process's random stream (the one a resumed run saved
     for it, else ``seed_rank``), SyncBatchNorm on CUDA (a warning on the CPU, where torch has none), and ``model``
     wrapped in DistributedDataParallel. Returns the module to call and the function that puts the BatchNorms back
-    (None when nothing was swapped). With one process: ``(model, None)``."""
+    (which does nothing when none was swapped). With one process: ``model`` itself."""
     if world_size() == 1:
-        return model, None
+        return model, lambda: None
     if saved_random and len(saved_random) == world_size():
         if rank():
             set_random_state(saved_random[rank()])
     else:
         seed_rank(seed, step)
-    restore = None
+    restore: Callable[[], None] = lambda: None  # noqa: E731
     if device.type == "cuda":  # statistics over the global batch, as one process computes them
         restore = sync_batchnorm(model)
     elif is_main() and has_batchnorm(model):

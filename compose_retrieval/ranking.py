@@ -80,8 +80,9 @@ def top_k(
         raise OptionError(f"top_k: queries have {queries.shape[1]} dimensions and the gallery {dim}")
     if exclude is not None:
         exclude = _check_exclude(exclude, queries.shape[0], size)
-    excluding = exclude is not None and bool((exclude >= 0).any())  # rows of -1 alone exclude nothing
-    k = max(0, min(k, size - (1 if excluding else 0)))
+    if exclude is not None and not bool((exclude >= 0).any()):  # rows of -1 alone exclude nothing
+        exclude = None
+    k = max(0, min(k, size - (1 if exclude is not None else 0)))
     if queries.shape[0] == 0 or k == 0:
         return torch.empty(queries.shape[0], k, dtype=torch.long)
     if backend == "faiss":

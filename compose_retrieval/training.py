@@ -180,64 +180,65 @@ def _run(config: TrainConfig, run_dir: Path | None, progress: bool, on_log, *, r
     started = time.perf_counter()
     running, done, stopped_together = 0.0, start, False
     try:
-        with TrainingProgress(config.steps, enabled=progress and main, start=start) as bar, \
-                distributed.StopRequests(device) as stops:
-            batches = endless(loader)
-            for step in range(start, config.steps):
-                batch = next(batches)
-                lr = scheduler.get_last_lr()[0] / optimizer.param_groups[0]["lr_scale"]
-                sources = batch["source"].to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-                targets = batch["target"].to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-                with autocast:
-                    queries, target_embeddings = forward(sources, batch["text"], targets)
-                    if world > 1:  # the global batch, in rank order: the single process's loss, in every process
-                        queries, target_embeddings = _gather_pairs(queries, target_embeddings, world)
-                    loss = loss_fn(queries.float(), target_embeddings.float())
-                value = loss.item()  # the step's one host sync
-                if not math.isfinite(value):  # the loss of the global batch: every process stops here
-                    raise distributed.everywhere(ComposeRetrievalError(
-                        f"training diverged: the loss became {value} at step {step + 1}; lower --lr"
-                        + (" (the last resumable state is before it)" if start or step >= config.save_every > 0 else " (nothing was saved)")
-                    ))
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
-                running += value
-                done = step + 1
-                if done % config.log_every == 0 or done == config.steps:
-                    n = min(done - start, done % config.log_every or config.log_every)
-                    elapsed = time.perf_counter() - started
-                    record = {"step": done, "loss": running / n, "lr": lr, "seconds": round(elapsed, 2),
-                              "images_per_second": round((done - start) * config.batch_size * 2 / elapsed, 1)}
-                    running = 0.0
-                    log.write(record)
-                    if on_log and main:
-                        on_log(record)
-                if validation is not None and (done % config.eval_every == 0 or done == config.steps):
+        try:
+            with TrainingProgress(config.steps, enabled=progress and main, start=start) as bar, \
+                    distributed.StopRequests(device) as stops:
+                batches = endless(loader)
+                for step in range(start, config.steps):
+                    batch = next(batches)
+                    lr = scheduler.get_last_lr()[0] / optimizer.param_groups[0]["lr_scale"]
+                    sources = batch["source"].to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+                    targets = batch["target"].to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+                    with autocast:
+                        queries, target_embeddings = forward(sources, batch["text"], targets)
+                        if world > 1:  # the global batch, in rank order: the single process's loss, in every process
+                            queries, target_embeddings = _gather_pairs(queries, target_embeddings, world)
+                        loss = loss_fn(queries.float(), target_embeddings.float())
+                    value = loss.item()  # the step's one host sync
+                    if not math.isfinite(value):  # the loss of the global batch: every process stops here
+                        raise distributed.everywhere(ComposeRetrievalError(
+                            f"training diverged: the loss became {value} at step {step + 1}; lower --lr"
+                            + (" (the last resumable state is before it)" if start or step >= config.save_every > 0 else " (nothing was saved)")
+                        ))
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    scheduler.step()
+                    running += value
+                    done = step + 1
+                    if done % config.log_every == 0 or done == config.steps:
+                        n = min(done - start, done % config.log_every or config.log_every)
+                        elapsed = time.perf_counter() - started
+                        record = {"step": done, "loss": running / n, "lr": lr, "seconds": round(elapsed, 2),
+                                  "images_per_second": round((done - start) * config.batch_size * 2 / elapsed, 1)}
+                        running = 0.0
+                        log.write(record)
+                        if on_log and main:
+                            on_log(record)
+                    if validation is not None and (done % config.eval_every == 0 or done == config.steps):
 
-                    def validate(done: int = done) -> dict[str, Any] | None:  # on rank 0, the others waiting
-                        scores = evaluate(model, validation, batch_size=config.eval_batch_size, device=device,
-                                          num_workers=config.num_workers)
-                        log.write({"step": done, "validation": scores})
-                        if best is None or scores["recall@1"] > best["recall@1"]:
-                            if run_dir:
-                                check_finite(model, f"at step {done}")
-                                save_checkpoint(model, run_dir / BEST_NAME, metrics={"step": done, "validation": scores},
-                                                recipe=recipe)
-                            return {"step": done, "recall@1": scores["recall@1"]}
-                        return best
+                        def validate(done: int = done) -> dict[str, Any] | None:  # on rank 0, the others waiting
+                            scores = evaluate(model, validation, batch_size=config.eval_batch_size, device=device,
+                                              num_workers=config.num_workers)
+                            log.write({"step": done, "validation": scores})
+                            if best is None or scores["recall@1"] > best["recall@1"]:
+                                if run_dir:
+                                    check_finite(model, f"at step {done}")
+                                    save_checkpoint(model, run_dir / BEST_NAME, metrics={"step": done, "validation": scores},
+                                                    recipe=recipe)
+                                return {"step": done, "recall@1": scores["recall@1"]}
+                            return best
 
-                    best = distributed.on_main(validate)
-                if config.save_every and done % config.save_every == 0 and done < config.steps:
-                    save_state_now(done)
-                bar.advance(value, config.batch_size * 2)
-                if stops.agreed():  # Ctrl-C under torchrun: every process stops after this step
-                    stopped_together = True
-                    raise KeyboardInterrupt
-    except KeyboardInterrupt:
-        if restore_batchnorm:
+                        best = distributed.on_main(validate)
+                    if config.save_every and done % config.save_every == 0 and done < config.steps:
+                        save_state_now(done)
+                    bar.advance(value, config.batch_size * 2)
+                    if stops.agreed():  # Ctrl-C under torchrun: every process stops after this step
+                        stopped_together = True
+                        raise KeyboardInterrupt
+        finally:  # the model keeps the BatchNorms it was built with (the same tensors), whatever ended the loop
             restore_batchnorm()
+    except KeyboardInterrupt:
         # with several processes, one interrupted alone (not through StopRequests) saves without the others
         together = stopped_together or world == 1
         if state_path and done > start:
@@ -247,12 +248,6 @@ def _run(config: TrainConfig, run_dir: Path | None, progress: bool, on_log, *, r
                 f"interrupted at step {done} of {config.steps}; the run is saved: continue it with "
                 f"`{_command('train', run_dir, config)}`")) from None
         raise
-    except BaseException:
-        if restore_batchnorm:
-            restore_batchnorm()
-        raise
-    if restore_batchnorm:  # the trained model has the BatchNorms it was built with (same tensors)
-        restore_batchnorm()
     train_seconds = time.perf_counter() - started
     check_finite(model, f"after {config.steps} steps")
     save_state_now(config.steps)
