@@ -123,10 +123,11 @@ class Dataset:
         """The names of the test protocols, the default first (``protocol_names`` unless overridden)."""
         return list(self.protocol_names)
 
-    def validation(self, seed: int = 0) -> RetrievalProtocol | None:
-        """The protocol of the dataset's validation split, for ``--eval-every``; None (the default) when it has
-        none, and the engine holds out a seeded slice of the training pairs instead (a training set of fixed
-        pairs, ``Triplets``, can give them up; one that draws its pairs by a rule cannot)."""
+    def validation(self, seed: int = 0, protocol: str | None = None) -> RetrievalProtocol | None:
+        """The protocol of the dataset's validation split for a run that trains for ``protocol`` (as ``train_set``
+        gets it), for ``--eval-every``; None (the default) when it has none, and the engine holds out a seeded
+        slice of the training pairs instead (a training set of fixed pairs, ``Triplets``, can give them up; one
+        that draws its pairs by a rule cannot)."""
         return None
 
     composition_split_names: ClassVar[tuple[str, ...]] = ()

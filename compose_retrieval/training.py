@@ -132,7 +132,7 @@ def _run(config: TrainConfig, run_dir: Path | None, progress: bool, on_log, *, r
     train_set = dataset.train_set(seed=config.seed, protocol=protocol.name)
     validation = None
     if config.eval_every:
-        validation = dataset.validation(config.seed)
+        validation = dataset.validation(config.seed, protocol.name)
         if validation is None:
             count = config.val_pairs or max(1, min(500, len(train_set) // 10))
             train_set, validation = hold_out(train_set, count, config.seed)

@@ -169,7 +169,7 @@ def test_natural_trains_on_its_training_pairs_validates_on_val_and_classifies_th
     for index in range(len(train)):
         source, text, target = train.triplet(index)
         assert f"{rows[source][1]} {rows[source][2]}" in TRAIN and f"{text} {rows[target][2]}" in TRAIN
-    assert dataset.validation().name == "natural-val"
+    assert dataset.validation(protocol="natural").name == "natural-val" and dataset.validation() is None
     run = tmp_path / "run"
     _train(root, run, "natural", "--eval-every", "3")
     assert json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["eval"]["protocol"] == "natural"

@@ -194,7 +194,7 @@ class CSSPairs(Dataset):
     def build_protocol(self, name: str) -> RetrievalProtocol:
         return self._protocol(name, "test")
 
-    def validation(self, seed: int = 0) -> RetrievalProtocol:
+    def validation(self, seed: int = 0, protocol: str | None = None) -> RetrievalProtocol:
         return self._protocol("validation", "val")
 
     def build_composition_task(self, split: str, phase: str) -> CompositionTask:

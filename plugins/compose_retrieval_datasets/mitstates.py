@@ -111,7 +111,6 @@ class MITStates(FileDataset):
 
     def read(self) -> None:
         self._present = [name for name, files in SPLITS.items() if (self.root / files.folder / "train_pairs.txt").is_file()]
-        self._training_protocol: str | None = None
         self._splits: dict[str, Split] = {}
         self._missing_images: set[str] = set()
         self._training: dict[str, tuple[list[Row], dict[str, dict[str, list[int]]], list[int]]] = {}
@@ -328,7 +327,6 @@ class MITStates(FileDataset):
 
     def train_set(self, seed: int = 0, protocol: str | None = None) -> SampledPairs:
         protocol = protocol if protocol is not None else self.protocols()[0]
-        self._training_protocol = protocol  # validation() follows the run's protocol
         rows, _, sources = self._training_rows(protocol)
         images = ImageFiles([p for p, _, _ in rows], self.preprocessing)
         return SampledPairs(images, len(sources) * PASSES, partial(self.draw, protocol=protocol), seed=seed,
@@ -379,12 +377,12 @@ class MITStates(FileDataset):
         rows = self._split(name).images["test"] if name in SPLITS else self.images["test"]
         return self._retrieval_protocol(name, rows)
 
-    def validation(self, seed: int = 0) -> RetrievalProtocol | None:
-        """The natural split's val images, queried as the test images are, when the run trains on that split
-        (``train_set`` records the run's protocol); the misra split has none (an error), the retrieval split none."""
-        if self._training_protocol == "natural":
+    def validation(self, seed: int = 0, protocol: str | None = None) -> RetrievalProtocol | None:
+        """The natural split's val images, queried as the test images are, for a run that trains on that split;
+        the misra split has none (an error), the retrieval split none."""
+        if protocol == "natural":
             return self._retrieval_protocol("natural-val", self._split("natural").images["val"])
-        if self._training_protocol == "misra":
+        if protocol == "misra":
             raise DatasetError("mitstates misra: the split of Misra et al. 2017 has train and test pairs only, no "
                                "validation set for --eval-every; validate with --protocol natural")
         return None
