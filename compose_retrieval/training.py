@@ -233,7 +233,9 @@ def _run(config: TrainConfig, run_dir: Path | None, progress: bool, on_log, *, r
                     if config.save_every and done % config.save_every == 0 and done < config.steps:
                         save_state_now(done)
                     bar.advance(value, config.batch_size * 2)
-                    if stops.agreed():  # Ctrl-C under torchrun: every process stops after this step
+                    # Ctrl-C under torchrun: every process stops at the next logged step (agreeing is an all-reduce
+                    # read on the host: on a GPU every step it would wait for each backward and optimizer step)
+                    if done % config.log_every == 0 and stops.agreed():
                         stopped_together = True
                         raise KeyboardInterrupt
         finally:  # the model keeps the BatchNorms it was built with (the same tensors), whatever ended the loop
