@@ -134,3 +134,29 @@ def test_training_gives_the_loss_curve_of_nn_lstm(monkeypatch, combiner):
     assert losses == pytest.approx(reference_losses, rel=1e-4, abs=1e-5)
     for name in weights:
         torch.testing.assert_close(weights[name], reference_weights[name], rtol=1e-3, atol=1e-5, msg=name)
+
+
+_GRADIENTS_IN_A_FRESH_PROCESS = """
+import hashlib, torch
+from compose_retrieval_lstm import LSTMTextEncoder
+torch.set_num_threads(2)
+torch.manual_seed(0)
+encoder = LSTMTextEncoder(out_dim=512)  # the paper's sizes: 512-d words and state
+texts = [("make red circle at top-left blue", "add large gray triangle to bottom-right", "remove cyan rectangle")[i % 3]
+         + " x" * (i % 5) for i in range(32)]
+encoder.fit(texts)
+encoder(texts).sentence.square().sum().backward()
+print(hashlib.sha256(b"".join(p.grad.numpy().tobytes() for p in encoder.parameters() if p.grad is not None)).hexdigest())
+"""
+
+
+def test_two_processes_compute_the_same_gradients_to_the_bit():
+    """On several threads the gradient of a word shared by many tokens is summed in one order in every process (the
+    gather was advanced indexing, whose backward summed in an order that changed between processes: two runs of one
+    seed drifted apart in rounding, and a run resumed in a new process was no longer the uninterrupted one)."""
+    import subprocess
+    import sys
+
+    digests = {subprocess.run([sys.executable, "-c", _GRADIENTS_IN_A_FRESH_PROCESS], capture_output=True, text=True,
+                              check=True).stdout.strip() for _ in range(4)}
+    assert len(digests) == 1, digests

@@ -99,6 +99,10 @@ def lstm_states(lstm: torch.nn.LSTM, embedding: torch.nn.Embedding, ids: Tensor,
     words, where = torch.unique(ids, return_inverse=True)
     # the input's part of the gates, once per distinct word: (U, 4H)
     per_word = torch.addmm(lstm.bias_ih_l0 + lstm.bias_hh_l0, embedding(words), lstm.weight_ih_l0.t())
-    gx = per_word[where[order].t()]  # (T, B, 4H), rows longest first
+    # (T, B, 4H), rows longest first; index_select, whose backward (index_add_) sums a word's rows in one order:
+    # advanced indexing's backward (index_put_ with accumulate) summed them in an order that changed from process to
+    # process on several threads, so two runs of one seed differed in rounding
+    flat = where[order].t().reshape(-1)
+    gx = per_word.index_select(0, flat).view(steps, ids.shape[0], -1)
     hs = _Recurrence.apply(gx, lstm.weight_hh_l0, active)
     return hs.transpose(0, 1)[torch.argsort(order)]
